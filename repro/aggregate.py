@@ -1,0 +1,155 @@
+"""Stage aggregate: CDUL's initial soft pseudo labels from the cached CLIP embeddings.
+
+Per view, class probabilities are softmax(cosine x scale) over the classes. Per class, the
+CDUL aggregator takes the largest snippet probability (alpha) if it reaches the threshold,
+and the smallest (beta) otherwise. The result `a` is mixed with the global vector `g` as
+(g + a + lam * |g - a|) / 2, which is their mean for lam = 0 (the rule and lam as the
+public reproduction cs-mshah/CDUL implements CDUL's Sec. 3.1.3).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from repro import io, paths, stage
+from repro.clip_cache import EmbeddingCache
+from repro.config import RANDOM_WEIGHTS_NOTE, Config
+
+log = logging.getLogger(__name__)
+
+
+def class_embeddings(text: np.ndarray) -> torch.Tensor:
+    """Average the templates of each class (CLIP's prompt ensemble) and re-normalise: (classes, dim)."""
+    mean = torch.as_tensor(text, dtype=torch.float32).mean(dim=0)
+    return torch.nn.functional.normalize(mean, dim=-1)
+
+
+def softmax_scale(logit_scale: float, temperature: str) -> float:
+    """Factor applied to cosine similarities before the softmax.
+
+    'learned' is CLIP's own scale, exp(logit_scale) (100 for OpenAI's weights). 'repro' is
+    the public reproduction's 1 / logit_scale (about 1 / 4.6), which flattens the softmax to
+    nearly uniform.
+    """
+    if temperature == "learned":
+        return float(np.exp(logit_scale))
+    if temperature == "repro":
+        return 1.0 / logit_scale
+    raise ValueError(f"unknown temperature {temperature!r}; expected 'learned' or 'repro'")
+
+
+def view_probabilities(embeddings, classes: torch.Tensor, scale: float) -> torch.Tensor:
+    """Softmax over classes of scaled cosine similarity, for every view: (images, views, classes)."""
+    image = torch.from_numpy(np.array(embeddings, dtype=np.float32))
+    cosine = image @ classes.T
+    return torch.softmax(cosine * scale, dim=-1)
+
+
+def aggregate_snippets(local: torch.Tensor, threshold: float, aggregator: str) -> torch.Tensor:
+    """Combine snippet probabilities (images, snippets, classes) into one vector per image.
+
+    'cdul': max over snippets where it reaches `threshold`, else min. 'max' and 'mean' are
+    the plain reductions. Every image is reduced on its own snippets only.
+    """
+    if aggregator == "cdul":
+        alpha = local.amax(dim=1)
+        beta = local.amin(dim=1)
+        return torch.where(alpha >= threshold, alpha, beta)
+    if aggregator == "max":
+        return local.amax(dim=1)
+    if aggregator == "mean":
+        return local.mean(dim=1)
+    raise ValueError(f"unknown snippet aggregator {aggregator!r}")
+
+
+def combine(global_: torch.Tensor, local: torch.Tensor, lam: float) -> torch.Tensor:
+    """(g + a + lam * |g - a|) / 2: the mean for lam = 0, max for lam = 1, min for lam = -1."""
+    return 0.5 * (global_ + local + lam * (global_ - local).abs())
+
+
+def pseudo_labels(
+    probabilities: torch.Tensor, threshold: float, aggregator: str, lam: float
+) -> dict:
+    """Global, aggregated-local and final soft labels from view probabilities (images, views, classes)."""
+    global_ = probabilities[:, 0]
+    if aggregator == "global" or probabilities.shape[1] == 1:
+        return {"global": global_, "local": global_, "final": global_}
+    local = aggregate_snippets(probabilities[:, 1:], threshold, aggregator)
+    return {"global": global_, "local": local, "final": combine(global_, local, lam)}
+
+
+def cache_pseudo_labels(cache: EmbeddingCache, config: Config) -> dict[str, np.ndarray]:
+    """Compute the labels of `pseudo_labels` shard by shard over a cache: arrays (images, classes)."""
+    classes = class_embeddings(cache.text(config.prompts.class_names))
+    scale = softmax_scale(cache.logit_scale, config.clip.temperature)
+    parts: dict[str, list[np.ndarray]] = {"global": [], "local": [], "final": []}
+    for _, embeddings in cache.iter_shards():
+        probabilities = view_probabilities(embeddings, classes, scale)
+        labels = pseudo_labels(
+            probabilities, config.threshold, config.aggregation.aggregator, config.aggregation.lam
+        )
+        for key, value in labels.items():
+            parts[key].append(value.numpy())
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+def evaluate_pseudo_labels(
+    labels: dict[str, np.ndarray], image_ids: list[str], class_names: list[str]
+) -> dict:
+    """mAP of each kind of pseudo label against ground truth (measurement only)."""
+    from repro.groundtruth import load_labels
+    from repro.metrics import mean_average_precision
+
+    truth = load_labels(image_ids, class_names)
+    return {
+        kind: mean_average_precision(scores, truth, class_names) for kind, scores in labels.items()
+    }
+
+
+def aggregate(config: Config) -> dict:
+    cache = EmbeddingCache(paths.EMBEDDINGS)
+    info = io.read_json(paths.DATASET_INFO)
+    labels = cache_pseudo_labels(cache, config)
+
+    table = pd.DataFrame(labels["final"].astype(np.float32), columns=info["classes"])
+    table.insert(0, "image_id", cache.image_ids)
+    io.write_parquet(paths.PSEUDO_LABELS, table)
+
+    results = evaluate_pseudo_labels(labels, cache.image_ids, info["classes"])
+    metrics = {
+        "note": RANDOM_WEIGHTS_NOTE if cache.random_weights else "",
+        "weights": cache.manifest["weights"],
+        "split": "train",
+        "images": cache.n_images,
+        "threshold": config.threshold,
+        "aggregator": config.aggregation.aggregator,
+        "lam": config.aggregation.lam,
+        "temperature": config.clip.temperature,
+        "scale": softmax_scale(cache.logit_scale, config.clip.temperature),
+        "map_global": round(results["global"].map, 4),
+        "map_local": round(results["local"].map, 4),
+        "map_final": round(results["final"].map, 4),
+        "classes_excluded": results["final"].excluded,
+        "per_class_ap_final": results["final"].as_dict(info["classes"])["per_class_ap"],
+    }
+    io.write_json(paths.PSEUDO_METRICS, metrics)
+    log.info(
+        "pseudo-label mAP on %d train images: global %.2f, local %.2f, final %.2f",
+        cache.n_images,
+        metrics["map_global"],
+        metrics["map_local"],
+        metrics["map_final"],
+    )
+    return {"images": cache.n_images, "scores": cache.n_images * cache.views * len(info["classes"])}
+
+
+def main() -> None:
+    stage.run("aggregate", aggregate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,354 @@
+"""Stage embed: CLIP image embeddings of every view and text embeddings of every prompt.
+
+Images are decoded once, in DataLoader workers, and all their views are cut from the decoded
+tensor. Batches span images. Shards are written atomically into a work folder outside DVC's
+outputs, so a killed run resumes at the first missing shard; the cache folder appears under
+its final name only when every shard exists. Under `torchrun`, shard k belongs to rank
+k mod world size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from repro import clip_cache, io, paths, stage
+from repro.clip_model import LoadedClip, encode_prompts, load_clip, resolve_device
+from repro.config import RANDOM_WEIGHTS_NOTE, Config
+from repro.images import load_rgb_tensor
+from repro.tiling import boxes_from_tiles
+
+log = logging.getLogger(__name__)
+
+SHARD_IMAGES = 2048
+INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
+
+
+def fit_view(
+    view: torch.Tensor, size: int, fit: str, interpolation: str = "bicubic"
+) -> torch.Tensor:
+    """Turn one uint8 view (3, h, w) into CLIP's square input (3, size, size).
+
+    'crop' is CLIP's own preprocessing: resize the shorter side to `size`, then centre-crop.
+    'squash' resizes both sides to `size`, keeping the whole view but not its aspect ratio.
+    """
+    mode = INTERPOLATIONS[interpolation]
+    if fit == "squash":
+        return TF.resize(view, [size, size], interpolation=mode, antialias=True)
+    resized = TF.resize(view, size, interpolation=mode, antialias=True)
+    return TF.center_crop(resized, [size, size])
+
+
+def cut_views(
+    image: torch.Tensor, boxes: np.ndarray, size: int, fit: str, interpolation: str
+) -> torch.Tensor:
+    """Cut every box (x0, y0, x1, y1) from a uint8 image and fit it: (views, 3, size, size)."""
+    views = [fit_view(image[:, y0:y1, x0:x1], size, fit, interpolation) for x0, y0, x1, y1 in boxes]
+    return torch.stack(views)
+
+
+class ViewDataset(Dataset):
+    """Item i: all views of image i as uint8 (views, 3, size, size), decoded once."""
+
+    def __init__(
+        self, image_paths: list[str], boxes: np.ndarray, size: int, fit: str, interpolation: str
+    ):
+        self.image_paths = image_paths
+        self.boxes = boxes
+        self.size = size
+        self.fit = fit
+        self.interpolation = interpolation
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        image = load_rgb_tensor(self.image_paths[index])
+        return index, cut_views(image, self.boxes[index], self.size, self.fit, self.interpolation)
+
+
+def _collate(items: list[tuple[int, torch.Tensor]]) -> tuple[list[int], torch.Tensor]:
+    indices = [index for index, _ in items]
+    return indices, torch.stack([views for _, views in items])
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for a precision param; None runs in fp32."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    return torch.float16
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        return cls(
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+class ImageEncoder:
+    """Runs the CLIP image tower on uint8 view batches and returns normalised fp16 embeddings."""
+
+    def __init__(self, clip: LoadedClip, device: torch.device, precision: str):
+        self.clip = clip
+        self.device = device
+        self.dtype = autocast_dtype(precision, device)
+        self.channels_last = device.type == "cuda"
+        if self.channels_last:
+            clip.model.to(memory_format=torch.channels_last)
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(clip.mean, device=device).view(shape) * 255.0
+        self.std = torch.tensor(clip.std, device=device).view(shape) * 255.0
+
+    @torch.inference_mode()
+    def __call__(self, views: torch.Tensor) -> torch.Tensor:
+        """Embed uint8 views of shape (n, 3, size, size); return float16 (n, dim) on the CPU."""
+        pixels = views.to(self.device, non_blocking=True).float()
+        pixels = (pixels - self.mean) / self.std
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None
+        ):
+            features = self.clip.model.encode_image(pixels)
+        return F.normalize(features.float(), dim=-1).half().cpu()
+
+
+def fingerprint(
+    config: Config, clip: LoadedClip, image_ids: np.ndarray, boxes: np.ndarray, paths_: list[str]
+) -> str:
+    """Hash of everything that decides the image embeddings; a resumed run must match it."""
+    digest = hashlib.sha256()
+    header = {
+        "format": clip_cache.FORMAT_VERSION,
+        "model": config.clip.model,
+        "weights": clip.weights,
+        "quick_gelu": config.clip.quick_gelu,
+        "fit": config.tiling.fit,
+        "size": clip.image_size,
+        "precision": config.clip.precision,
+    }
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    digest.update("\n".join(map(str, image_ids)).encode())
+    digest.update("\n".join(paths_).encode())
+    digest.update(np.ascontiguousarray(boxes, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def prepare_work_dir(work: Path, key: str, rank: int, dist_: Distributed) -> None:
+    """Reuse `work` when it belongs to the same fingerprint; otherwise start it empty."""
+    state = work / "state.json"
+    if rank == 0:
+        current = json.loads(state.read_text()).get("fingerprint") if state.is_file() else None
+        if current != key:
+            if work.exists():
+                log.info("discarding partial embeddings of another configuration in %s", work)
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+            io.write_json(state, {"fingerprint": key})
+        else:
+            log.info("resuming partial embeddings in %s", work)
+    dist_.barrier()
+
+
+def encode_shard(
+    encoder: ImageEncoder,
+    dataset: ViewDataset,
+    shard: clip_cache.Shard,
+    target: Path,
+    batch_images: int,
+    num_workers: int,
+    progress: tqdm,
+) -> None:
+    """Embed the images of one shard and write them atomically to `target`."""
+    rows = list(range(shard.start, shard.stop))
+    subset = torch.utils.data.Subset(dataset, rows)
+    loader = DataLoader(
+        subset,
+        batch_size=batch_images,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=encoder.device.type == "cuda",
+        persistent_workers=False,
+    )
+    with io.atomic_path(target) as tmp:
+        views = dataset.boxes.shape[1]
+        dim = None
+        array = None
+        for indices, batch in loader:
+            n = len(indices)
+            embeddings = encoder(batch.flatten(0, 1)).view(n, views, -1)
+            if array is None:
+                dim = embeddings.shape[-1]
+                array = np.lib.format.open_memmap(
+                    tmp, mode="w+", dtype=np.float16, shape=(len(rows), views, dim)
+                )
+            first = indices[0] - shard.start
+            array[first : first + n] = embeddings.numpy()
+            progress.update(n)
+        array.flush()
+        del array
+
+
+def embed(config: Config) -> dict:
+    dist_ = Distributed.from_env()
+    if dist_.world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    device = resolve_device(config.clip.device)
+    if device.type == "cuda" and dist_.world > 1:
+        device = torch.device("cuda", dist_.local_rank)
+
+    index = pd.read_parquet(paths.INDEX)
+    tiles = pd.read_parquet(paths.TILES)
+    info = io.read_json(paths.DATASET_INFO)
+    train = index[index["split"] == "train"].reset_index(drop=True)
+    tile_ids, all_boxes = boxes_from_tiles(tiles)
+    row_of = {image_id: row for row, image_id in enumerate(tile_ids)}
+    boxes = all_boxes[[row_of[i] for i in train["image_id"]]]
+    image_ids = train["image_id"].to_numpy()
+    image_paths = train["path"].tolist()
+
+    clip = load_clip(config.clip, device)
+    key = fingerprint(config, clip, image_ids, boxes, image_paths)
+    work = paths.EMBED_WORK
+    prepare_work_dir(work, key, dist_.rank, dist_)
+
+    dataset = ViewDataset(
+        image_paths, boxes, clip.image_size, config.tiling.fit, clip.interpolation
+    )
+    encoder = ImageEncoder(clip, device, config.clip.precision)
+    views = boxes.shape[1]
+    batch_images = max(1, config.clip.batch_size // views)
+    shards = clip_cache.plan_shards(len(image_ids), SHARD_IMAGES)
+    mine = [s for s in shards if s.number % dist_.world == dist_.rank]
+    todo = [s for s in mine if not (work / s.file).is_file()]
+    done_images = sum(s.stop - s.start for s in mine if s not in todo)
+
+    started = time.perf_counter()
+    with tqdm(
+        total=sum(s.stop - s.start for s in mine),
+        initial=done_images,
+        unit="img",
+        desc=f"embed rank {dist_.rank}" if dist_.world > 1 else "embed",
+    ) as progress:
+        for shard in todo:
+            encode_shard(
+                encoder,
+                dataset,
+                shard,
+                work / shard.file,
+                batch_images,
+                config.clip.num_workers,
+                progress,
+            )
+    encode_s = time.perf_counter() - started
+    encoded_views = sum(s.stop - s.start for s in todo) * views
+
+    dist_.barrier()
+    if dist_.rank == 0:
+        text = np.stack(
+            [
+                encode_prompts(clip, config.prompts.templates, info["classes"], device).numpy(),
+                encode_prompts(
+                    clip, config.prompts.templates, info["natural_names"], device
+                ).numpy(),
+            ]
+        )
+        finalize(work, shards, image_ids, text, config, clip, key, views)
+    dist_.barrier()
+    if dist_.world > 1:
+        dist.destroy_process_group()
+
+    return {
+        "device": str(device),
+        "images": len(image_ids),
+        "views_encoded": encoded_views,
+        "encode_s": round(encode_s, 3),
+        "views_per_s": round(encoded_views / encode_s, 2)
+        if encode_s > 0 and encoded_views
+        else None,
+        "world_size": dist_.world,
+    }
+
+
+def finalize(
+    work: Path,
+    shards: list[clip_cache.Shard],
+    image_ids: np.ndarray,
+    text: np.ndarray,
+    config: Config,
+    clip: LoadedClip,
+    key: str,
+    views: int,
+) -> None:
+    """Move the finished shards into the cache folder and write its manifest last."""
+    missing = [s.file for s in shards if not (work / s.file).is_file()]
+    if missing:
+        raise clip_cache.CacheError(
+            f"shards {missing[:3]} were not written; run embed again to resume."
+        )
+    dim = int(np.load(work / shards[0].file, mmap_mode="r").shape[-1]) if shards else text.shape[-1]
+    manifest = {
+        "format": clip_cache.FORMAT_VERSION,
+        "complete": True,
+        "fingerprint": key,
+        "model": config.clip.model,
+        "weights": clip.weights,
+        "random_weights": config.random_clip_weights,
+        "note": RANDOM_WEIGHTS_NOTE if config.random_clip_weights else "",
+        "logit_scale": clip.logit_scale,
+        "image_size": clip.image_size,
+        "fit": config.tiling.fit,
+        "grid": config.tiling.grid,
+        "views": views,
+        "dim": dim,
+        "dtype": "float16",
+        "templates": list(config.prompts.templates),
+        "shards": [{"number": s.number, "start": s.start, "stop": s.stop} for s in shards],
+    }
+    with io.atomic_dir(paths.EMBEDDINGS) as folder:
+        for shard in shards:
+            os.replace(work / shard.file, folder / shard.file)
+        np.save(folder / clip_cache.TEXT, text.astype(np.float32))
+        (folder / clip_cache.IMAGE_IDS).write_text(json.dumps([str(i) for i in image_ids]))
+        io.write_json(folder / clip_cache.MANIFEST, manifest)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    stage.run("embed", embed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Image decoding shared by every stage, so all of them see the same pixels."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+# Decompression-bomb guard: PIL warns above ~89 MP and raises above twice that. Dataset
+# images are far smaller, so anything above this is treated as a bad file.
+MAX_PIXELS = 16_000 * 16_000
+
+
+class BadImageError(ValueError):
+    """An image file cannot be decoded."""
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image fully, apply its EXIF orientation and convert it to RGB.
+
+    Grayscale, palette, CMYK and RGBA files become 3-channel RGB.
+
+    Raises:
+        BadImageError: the file is missing, empty, truncated or not an image.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise BadImageError(f"{path}: {image.width}x{image.height} pixels is too large")
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return image.convert("RGB")
+    except BadImageError:
+        raise
+    except (
+        OSError,
+        UnidentifiedImageError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as error:
+        raise BadImageError(f"{path}: {error}") from error
+
+
+def load_rgb_tensor(path: str | Path) -> torch.Tensor:
+    """Decode an image as a uint8 tensor of shape (3, height, width)."""
+    array = np.asarray(load_rgb(path), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """Decode an image as `load_rgb` does and return its (width, height) after EXIF rotation."""
+    image = load_rgb(path)
+    return image.width, image.height

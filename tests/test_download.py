@@ -1,0 +1,171 @@
+import hashlib
+import http.server
+import io
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from repro.datasets import voc
+from repro.download import (
+    Archive,
+    DiskSpaceError,
+    DownloadError,
+    UnsafeArchiveError,
+    check_free_space,
+    download,
+    extract,
+)
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files from `root`, honouring `Range: bytes=N-` unless `ranges` is off."""
+
+    root: Path
+    ranges = True
+    seen_ranges: list
+
+    def do_GET(self):
+        path = self.root / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        header = self.headers.get("Range")
+        if header and self.ranges:
+            start = int(header.split("=")[1].split("-")[0])
+            self.seen_ranges.append(start)
+            self.send_response(206)
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = type("Handler", (RangeHandler,), {"root": root, "seen_ranges": []})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    httpd.shutdown()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def build_voc_archive(sample: Path, target: Path, ids: list[str]) -> bytes:
+    """A tar laid out like VOC's official archive, holding a few sample images."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        base = "VOCdevkit/VOC2007"
+        for image_id in ids:
+            archive.add(
+                sample / "JPEGImages" / f"{image_id}.jpg", f"{base}/JPEGImages/{image_id}.jpg"
+            )
+            archive.add(
+                sample / "Annotations" / f"{image_id}.xml", f"{base}/Annotations/{image_id}.xml"
+            )
+        listing = ("\n".join(ids) + "\n").encode()
+        for split in ("trainval", "test"):
+            info = tarfile.TarInfo(f"{base}/ImageSets/Main/{split}.txt")
+            info.size = len(listing)
+            archive.addfile(info, io.BytesIO(listing))
+    target.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def test_fetch_voc_from_local_server(server, tmp_path, voc_sample):
+    root, url, _ = server
+    ids = sorted(p.stem for p in (voc_sample / "JPEGImages").glob("*.jpg"))[:3]
+    data = build_voc_archive(voc_sample, root / "VOC.tar", ids)
+    archive = Archive(f"{url}/VOC.tar", "VOC.tar", md5(data), len(data))
+
+    voc_root = voc.fetch("voc2007", tmp_path / "downloads", [archive])
+    assert voc_root == tmp_path / "downloads" / "VOCdevkit" / "VOC2007"
+    raw = voc.load("voc2007", voc_root, ["trainval"], "positive")
+    assert raw.images["image_id"].tolist() == ids
+    assert raw.labels.shape == (3, 20)
+
+
+def test_checksum_mismatch_removes_partial_file(server, tmp_path):
+    root, url, _ = server
+    (root / "file.bin").write_bytes(b"x" * 1000)
+    archive = Archive(f"{url}/file.bin", "file.bin", "0" * 32)
+    with pytest.raises(DownloadError, match="has MD5 .*expected 0000"):
+        download(archive, tmp_path)
+    assert not (tmp_path / "file.bin").exists()
+    assert not (tmp_path / "file.bin.part").exists()
+
+
+def test_download_resumes_partial_file(server, tmp_path):
+    root, url, handler = server
+    data = bytes(range(256)) * 100
+    (root / "file.bin").write_bytes(data)
+    (tmp_path / "file.bin.part").write_bytes(data[:5000])
+    path = download(Archive(f"{url}/file.bin", "file.bin", md5(data)), tmp_path)
+    assert path.read_bytes() == data
+    assert handler.seen_ranges == [5000]
+    assert not (tmp_path / "file.bin.part").exists()
+
+
+def test_download_restarts_when_server_ignores_range(server, tmp_path):
+    root, url, handler = server
+    handler.ranges = False
+    data = b"abc" * 1000
+    (root / "file.bin").write_bytes(data)
+    (tmp_path / "file.bin.part").write_bytes(b"garbage")
+    path = download(Archive(f"{url}/file.bin", "file.bin", md5(data)), tmp_path)
+    assert path.read_bytes() == data
+
+
+def test_unreachable_url_explains_ways_out(tmp_path):
+    archive = Archive("http://127.0.0.1:9/none.tar", "none.tar", "0" * 32)
+    with pytest.raises(DownloadError, match="set dataset.root"):
+        download(archive, tmp_path)
+
+
+def tar_with(tmp_path: Path, name: str, kind=tarfile.REGTYPE, link: str = "") -> Path:
+    path = tmp_path / "bad.tar"
+    with tarfile.open(path, "w") as archive:
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.linkname = link
+        info.size = 0 if kind != tarfile.REGTYPE else 3
+        archive.addfile(info, io.BytesIO(b"bad") if kind == tarfile.REGTYPE else None)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "link"),
+    [
+        ("../escape.txt", tarfile.REGTYPE, ""),
+        ("/tmp/absolute.txt", tarfile.REGTYPE, ""),
+        ("a/../../escape.txt", tarfile.REGTYPE, ""),
+        ("link", tarfile.SYMTYPE, "/etc/passwd"),
+    ],
+)
+def test_unsafe_archive_rejected(tmp_path, name, kind, link):
+    archive = tar_with(tmp_path, name, kind, link)
+    target = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveError):
+        extract(archive, target)
+    assert not (tmp_path / "escape.txt").exists()
+    assert list(target.iterdir()) == []
+
+
+def test_free_space_message_gives_need(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(DiskSpaceError, match="needs .* GB .* free"):
+        check_free_space(tmp_path, free * 10, "test write")

@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from repro import paths
+from repro.aggregate import aggregate
+from repro.clip_cache import EmbeddingCache, plan_shards
+from repro.clip_model import load_clip
+from repro.config import ClipConfig
+from repro.embed import ImageEncoder, cut_views, embed, fit_view
+from repro.prepare import prepare
+from repro.tiling import tile, view_boxes
+
+
+def quadrant_image() -> torch.Tensor:
+    """A 3x40x60 uint8 image whose four quadrants are red, green, blue and white."""
+    image = torch.zeros(3, 40, 60, dtype=torch.uint8)
+    image[0, :20, :30] = 255
+    image[1, :20, 30:] = 255
+    image[2, 20:, :30] = 255
+    image[:, 20:, 30:] = 255
+    return image
+
+
+def test_snippets_cut_from_decoded_image():
+    image = quadrant_image()
+    boxes = view_boxes(np.array([60]), np.array([40]), grid=2, overlap=0.0)[0]
+    views = cut_views(image, boxes, size=16, fit="squash", interpolation="bicubic")
+    assert views.shape == (5, 3, 16, 16)
+    expected = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)]
+    for view, colour in zip(views[1:], expected):
+        assert view.float().mean(dim=(1, 2)).tolist() == pytest.approx(colour, abs=1)
+
+
+def test_crop_fit_keeps_centre_and_squash_keeps_all():
+    image = torch.zeros(3, 10, 30, dtype=torch.uint8)
+    image[:, :, :5] = 255  # a white band on the left edge
+    cropped = fit_view(image, 10, "crop")
+    squashed = fit_view(image, 10, "squash")
+    assert cropped.shape == squashed.shape == (3, 10, 10)
+    assert cropped.max() == 0
+    assert squashed[:, :, 0].float().mean() > 200
+
+
+def test_plan_shards_cover_rows():
+    shards = plan_shards(10, 4)
+    assert [(s.start, s.stop) for s in shards] == [(0, 4), (4, 8), (8, 10)]
+    assert shards[2].file == "shard-00002.npy"
+
+
+def test_embedding_independent_of_batch():
+    clip = load_clip(ClipConfig(model="repro-tiny-RN", pretrained="random"), torch.device("cpu"))
+    encoder = ImageEncoder(clip, torch.device("cpu"), "fp32")
+    views = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
+    together = encoder(views).float()
+    alone = torch.cat([encoder(views[i : i + 1]) for i in range(6)]).float()
+    assert torch.allclose(together, alone, atol=2e-3)
+    assert torch.allclose(together.norm(dim=-1), torch.ones(6), atol=2e-3)
+
+
+def run_cache_stages(config) -> EmbeddingCache:
+    prepare(config)
+    tile(config)
+    embed(config)
+    return EmbeddingCache(paths.EMBEDDINGS)
+
+
+def test_embed_writes_complete_cache(workdir):
+    config = workdir(dataset={"max_images": 6})
+    prepare(config)
+    tile(config)
+    stats = embed(config)
+    cache = EmbeddingCache(paths.EMBEDDINGS)
+    index = pd.read_parquet(paths.INDEX)
+    assert cache.image_ids == index.loc[index["split"] == "train", "image_id"].tolist()
+    assert cache.views == 10
+    embeddings = cache.load_all()
+    assert embeddings.shape == (6, 10, 64)
+    assert embeddings.dtype == np.float16
+    norms = np.linalg.norm(embeddings.astype(np.float32), axis=-1)
+    assert np.allclose(norms, 1.0, atol=5e-3)
+    assert cache.text("natural").shape == (1, 20, 64)
+    assert not np.allclose(cache.text("natural"), cache.text("raw"))
+    assert cache.random_weights
+    assert cache.manifest["note"] == "random weights: not comparable with the paper"
+    assert stats["views_encoded"] == 60
+    assert not paths.EMBED_WORK.exists()
+
+
+def test_views_of_one_image_differ(workdir):
+    cache = run_cache_stages(workdir(dataset={"max_images": 2}))
+    first = cache.load_all()[0].astype(np.float32)
+    assert not np.allclose(first[0], first[1])
+
+
+def test_pseudo_labels_ignore_ground_truth(workdir):
+    config = workdir(dataset={"max_images": 8})
+    run_cache_stages(config)
+    aggregate(config)
+    before = pd.read_parquet(paths.PSEUDO_LABELS)
+
+    truth = pd.read_parquet(paths.LABELS)
+    classes = [c for c in truth.columns if c != "image_id"]
+    rng = np.random.default_rng(0)
+    truth[classes] = rng.permutation(truth[classes].to_numpy())
+    truth.to_parquet(paths.LABELS, index=False)
+    aggregate(config)
+    after = pd.read_parquet(paths.PSEUDO_LABELS)
+    assert before.equals(after)
+    metrics = json.loads(paths.PSEUDO_METRICS.read_text())
+    assert metrics["images"] == 8
