@@ -67,8 +67,7 @@ def per_class_figure(per_class: pd.DataFrame, path: Path, title: str) -> None:
     ax.set_xlim(0, 100)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    with io.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    fig.savefig(path, format="png", dpi=120)
     plt.close(fig)
 
 
@@ -128,7 +127,8 @@ def timing_section() -> str:
     return "\n".join(["## Cost", "", markdown_table(table), ""])
 
 
-def build_report(config: Config) -> str:
+def build_report(config: Config, folder: Path) -> str:
+    """Render the report's markdown and write its figures into `folder`/figures."""
     pseudo = io.read_json(paths.PSEUDO_METRICS)
     train = io.read_json(paths.TRAIN_METRICS)
     evaluation = io.read_json(paths.EVAL_METRICS)
@@ -137,7 +137,9 @@ def build_report(config: Config) -> str:
     per_class = pd.read_csv(paths.PER_CLASS_AP)
 
     random_weights = manifest["random_weights"]
-    figure = paths.FIGURES / "per_class_ap.png"
+    figures = folder / paths.FIGURES.name
+    figures.mkdir(parents=True, exist_ok=True)
+    figure = figures / "per_class_ap.png"
     title = f"Classifier AP per class, {dataset['name']} eval split"
     per_class_figure(per_class, figure, title + (" (random weights)" if random_weights else ""))
 
@@ -193,8 +195,11 @@ def build_report(config: Config) -> str:
 
 
 def report(config: Config) -> dict:
-    text = build_report(config)
-    io.write_text(paths.REPORT, text)
+    # The whole folder is built beside report/ and renamed into place, so a killed run never
+    # leaves a report.md next to stale or missing figures.
+    with io.atomic_dir(paths.REPORT.parent) as folder:
+        text = build_report(config, folder)
+        (folder / paths.REPORT.name).write_text(text)
     log.info("wrote %s", paths.REPORT)
     return {}
 
