@@ -22,10 +22,20 @@ from repro.config import RANDOM_WEIGHTS_NOTE, Config
 log = logging.getLogger(__name__)
 
 
-def class_embeddings(text: np.ndarray) -> torch.Tensor:
-    """Average the templates of each class (CLIP's prompt ensemble) and re-normalise: (classes, dim)."""
-    mean = torch.as_tensor(text, dtype=torch.float32).mean(dim=0)
+def class_embeddings(text: np.ndarray, ensemble: bool = True) -> torch.Tensor:
+    """Text embedding per class: (classes, dim), L2-normalised.
+
+    With `ensemble`, the templates of each class are averaged and re-normalised (CLIP's
+    prompt ensemble); otherwise only the first template is used.
+    """
+    text = torch.as_tensor(np.asarray(text), dtype=torch.float32)
+    mean = text.mean(dim=0) if ensemble else text[0]
     return torch.nn.functional.normalize(mean, dim=-1)
+
+
+def prompt_classes(cache: EmbeddingCache, names: str, ensemble: bool) -> torch.Tensor:
+    """Class embeddings of the cache for 'raw' or 'natural' names, one template or all."""
+    return class_embeddings(cache.text(names), ensemble)
 
 
 def softmax_scale(logit_scale: float, temperature: str) -> float:
@@ -42,11 +52,20 @@ def softmax_scale(logit_scale: float, temperature: str) -> float:
     raise ValueError(f"unknown temperature {temperature!r}; expected 'learned' or 'repro'")
 
 
+def view_cosines(embeddings, classes: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every view with every class: (images, views, classes)."""
+    image = torch.from_numpy(np.array(embeddings, dtype=np.float32))
+    return image @ classes.T
+
+
 def view_probabilities(embeddings, classes: torch.Tensor, scale: float) -> torch.Tensor:
     """Softmax over classes of scaled cosine similarity, for every view: (images, views, classes)."""
-    image = torch.from_numpy(np.array(embeddings, dtype=np.float32))
-    cosine = image @ classes.T
-    return torch.softmax(cosine * scale, dim=-1)
+    return torch.softmax(view_cosines(embeddings, classes) * scale, dim=-1)
+
+
+def cache_cosines(cache: EmbeddingCache, classes: torch.Tensor) -> torch.Tensor:
+    """Cosines of all cached views, shard by shard: (images, views, classes) float32 in memory."""
+    return torch.cat([view_cosines(shard, classes) for _, shard in cache.iter_shards()])
 
 
 def aggregate_snippets(local: torch.Tensor, threshold: float, aggregator: str) -> torch.Tensor:
@@ -84,7 +103,7 @@ def pseudo_labels(
 
 def cache_pseudo_labels(cache: EmbeddingCache, config: Config) -> dict[str, np.ndarray]:
     """Compute the labels of `pseudo_labels` shard by shard over a cache: arrays (images, classes)."""
-    classes = class_embeddings(cache.text(config.prompts.class_names))
+    classes = prompt_classes(cache, config.prompts.class_names, config.prompts.ensemble)
     scale = softmax_scale(cache.logit_scale, config.clip.temperature)
     parts: dict[str, list[np.ndarray]] = {"global": [], "local": [], "final": []}
     for _, embeddings in cache.iter_shards():
@@ -98,16 +117,25 @@ def cache_pseudo_labels(cache: EmbeddingCache, config: Config) -> dict[str, np.n
 
 
 def evaluate_pseudo_labels(
-    labels: dict[str, np.ndarray], image_ids: list[str], class_names: list[str]
-) -> dict:
-    """mAP of each kind of pseudo label against ground truth (measurement only)."""
+    labels: dict[str, np.ndarray],
+    image_ids: list[str],
+    class_names: list[str],
+    resamples: int,
+    seed: int,
+) -> dict[str, dict]:
+    """mAP and bootstrap 95% interval of each kind of pseudo label (measurement only)."""
     from repro.groundtruth import load_labels
-    from repro.metrics import mean_average_precision
+    from repro.metrics import bootstrap_interval, mean_average_precision
 
     truth = load_labels(image_ids, class_names)
-    return {
-        kind: mean_average_precision(scores, truth, class_names) for kind, scores in labels.items()
-    }
+    results = {}
+    for kind, scores in labels.items():
+        interval = bootstrap_interval(scores, truth, resamples, seed)
+        results[kind] = {
+            "result": mean_average_precision(scores, truth, class_names),
+            "ci": None if interval is None else [round(v, 4) for v in interval],
+        }
+    return results
 
 
 def aggregate(config: Config) -> dict:
@@ -119,7 +147,10 @@ def aggregate(config: Config) -> dict:
     table.insert(0, "image_id", cache.image_ids)
     io.write_parquet(paths.PSEUDO_LABELS, table)
 
-    results = evaluate_pseudo_labels(labels, cache.image_ids, info["classes"])
+    results = evaluate_pseudo_labels(
+        labels, cache.image_ids, info["classes"], config.eval.bootstrap, config.seed
+    )
+    final = results["final"]["result"]
     metrics = {
         "note": RANDOM_WEIGHTS_NOTE if cache.random_weights else "",
         "weights": cache.manifest["weights"],
@@ -130,11 +161,10 @@ def aggregate(config: Config) -> dict:
         "lam": config.aggregation.lam,
         "temperature": config.clip.temperature,
         "scale": softmax_scale(cache.logit_scale, config.clip.temperature),
-        "map_global": round(results["global"].map, 4),
-        "map_local": round(results["local"].map, 4),
-        "map_final": round(results["final"].map, 4),
-        "classes_excluded": results["final"].excluded,
-        "per_class_ap_final": results["final"].as_dict(info["classes"])["per_class_ap"],
+        **{f"map_{kind}": round(results[kind]["result"].map, 4) for kind in results},
+        **{f"ci_{kind}": results[kind]["ci"] for kind in results},
+        "classes_excluded": final.excluded,
+        "per_class_ap_final": final.as_dict(info["classes"])["per_class_ap"],
     }
     io.write_json(paths.PSEUDO_METRICS, metrics)
     log.info(

@@ -90,9 +90,28 @@ class ClipConfig:
     precision: str = spec("auto", choices=("auto", "fp32", "fp16", "bf16"), doc="autocast dtype")
 
 
+# "a photo of a {}." first (the public reproduction's only template), then the 7-template
+# ImageNet ensemble from OpenAI's CLIP prompt-engineering notebook.
+DEFAULT_TEMPLATES = [
+    "a photo of a {}.",
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+]
+
+
 @dataclass(frozen=True)
 class PromptsConfig:
-    templates: list = spec(["a photo of a {}."], doc="prompt templates, each with one '{}'")
+    templates: list = spec(
+        DEFAULT_TEMPLATES, doc="prompt templates, each with one '{}'; embed encodes them all"
+    )
+    ensemble: bool = spec(
+        False, doc="average all templates per class; false uses only the first template"
+    )
     class_names: str = spec(
         "natural",
         choices=("natural", "raw"),
@@ -148,6 +167,20 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = spec(32, low=1)
     num_workers: int = spec(2, low=0)
+    bootstrap: int = spec(
+        1000, low=0, doc="resamples of the images for 95% intervals on every mAP; 0 turns them off"
+    )
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    thresholds: list = spec(
+        [round(0.05 * i, 2) for i in range(21)], doc="thresholds swept by the ablate stage"
+    )
+    lams: list = spec([-1.0, -0.5, 0.0, 0.5, 1.0], doc="global/local mixing weights swept")
+    bootstrap: int = spec(
+        200, low=0, doc="image resamples for the 95% interval of each ablation row"
+    )
 
 
 @dataclass(frozen=True)
@@ -161,6 +194,7 @@ class Config:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
 
     @property
     def random_clip_weights(self) -> bool:
@@ -298,6 +332,17 @@ def _check_templates(templates: list) -> None:
             )
 
 
+def _check_number_list(key: str, values: list, low: float, high: float) -> None:
+    if not values:
+        raise ConfigError(f"{key} is empty; give at least one number in [{low}, {high}].")
+    for value in values:
+        number_ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number_ok or not low <= value <= high:
+            raise ConfigError(
+                f"{key} contains {value!r}; every entry must be a number in [{low}, {high}]."
+            )
+
+
 def _check_device(key: str, device: str) -> None:
     if device in ("auto", "cpu", "cuda", "mps") or (
         device.startswith("cuda:") and device[5:].isdigit()
@@ -323,6 +368,8 @@ def validate(config: Config, base: Path | None = None) -> Config:
     """Check the rules that span several keys or the file system; return the config."""
     base = Path.cwd() if base is None else base
     _check_templates(config.prompts.templates)
+    _check_number_list("ablation.thresholds", config.ablation.thresholds, 0.0, 1.0)
+    _check_number_list("ablation.lams", config.ablation.lams, -1.0, 1.0)
     _check_device("clip.device", config.clip.device)
     _check_device("train.device", config.train.device)
     _check_path_or_keyword("train.weights", config.train.weights, ("imagenet", "none"), base)

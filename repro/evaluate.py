@@ -12,7 +12,7 @@ from repro.classifier import load_trained, predict
 from repro.clip_model import resolve_device
 from repro.config import Config
 from repro.groundtruth import load_labels
-from repro.metrics import mean_average_precision
+from repro.metrics import bootstrap_interval, mean_average_precision
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,14 @@ def evaluate(config: Config) -> dict:
     )
     truth = load_labels(image_ids, classes)
     result = mean_average_precision(scores, truth, classes)
+    interval = bootstrap_interval(scores, truth, config.eval.bootstrap, config.seed)
 
     metrics = {
         "note": info["note"],
         "split": "eval",
         "images": len(image_ids),
         "map": round(result.map, 4),
+        "ci": None if interval is None else [round(v, 4) for v in interval],
         "classes_in_map": len(classes) - len(result.excluded),
         "classes_excluded": result.excluded,
         "selection": info["selection"],

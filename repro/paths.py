@@ -25,6 +25,8 @@ TRAIN_METRICS = METRICS / "train.json"
 EVAL_METRICS = METRICS / "eval.json"
 PER_CLASS_AP = METRICS / "per_class_ap.csv"
 STAGE_TIMES = Path("results/timing")
+TABLES = Path("results/tables")  # ablation sweeps
+EXPERIMENTS = Path("results/experiments.json")  # collected by experiments/run.py
 
 REPORT = Path("report/report.md")
 FIGURES = Path("report/figures")
