@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from repro import io, paths, stage
 from repro.config import Config
-from repro.datasets import DatasetError, RawDataset, voc
+from repro.datasets import DatasetError, RawDataset
+from repro.datasets.registry import get_dataset, resolve_splits
 from repro.images import BadImageError, probe_image
 
 log = logging.getLogger(__name__)
@@ -79,23 +80,20 @@ def probe_all(paths_: list[str], workers: int) -> list[tuple[int, int] | str]:
 
 
 def dataset_root(config: Config) -> Path:
+    """Return dataset.root, or the folder that the dataset's reader downloads."""
     data = config.dataset
     if data.root is not None:
         return Path(data.root).resolve()
-    if data.name in voc.ARCHIVES:
-        return voc.fetch(data.name, Path(data.download_dir))
-    raise NotImplementedError(f"download of {data.name} is not available; set dataset.root")
+    return get_dataset(data.name).locate(data)
 
 
 def load_raw(config: Config, root: Path) -> RawDataset:
     data = config.dataset
-    splits = [data.train_split, data.eval_split]
-    if data.name in ("voc2007", "voc2012"):
-        return voc.load(data.name, root, splits, data.difficult)
-    raise NotImplementedError(f"dataset {data.name} has no reader yet; use voc2007 or voc2012")
+    return get_dataset(data.name).load(root, [data.train_split, data.eval_split], data)
 
 
 def prepare(config: Config) -> dict:
+    config, split_notes = resolve_splits(config)
     root = dataset_root(config)
     raw = load_raw(config, root)
     frame = raw.images.copy()
@@ -139,6 +137,7 @@ def prepare(config: Config) -> dict:
         "images": {"train": int(counts.get("train", 0)), "eval": int(counts.get("eval", 0))},
         "skipped_bad_images": [path for path, _ in bad],
         **raw.notes,
+        **split_notes,
     }
     for role in ("train", "eval"):
         if info["images"][role] == 0:

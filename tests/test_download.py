@@ -1,9 +1,7 @@
 import hashlib
-import http.server
 import io
 import shutil
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,47 +16,6 @@ from repro.download import (
     download,
     extract,
 )
-
-
-class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files from `root`, honouring `Range: bytes=N-` unless `ranges` is off."""
-
-    root: Path
-    ranges = True
-    seen_ranges: list
-
-    def do_GET(self):
-        path = self.root / self.path.lstrip("/")
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        header = self.headers.get("Range")
-        if header and self.ranges:
-            start = int(header.split("=")[1].split("-")[0])
-            self.seen_ranges.append(start)
-            self.send_response(206)
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(data) - start))
-        self.end_headers()
-        self.wfile.write(data[start:])
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = type("Handler", (RangeHandler,), {"root": root, "seen_ranges": []})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", handler
-    httpd.shutdown()
 
 
 def md5(data: bytes) -> str:

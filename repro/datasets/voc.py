@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ElementTree
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from repro.datasets import IGNORE, NEGATIVE, POSITIVE, DatasetError, RawDataset
+from repro.datasets import IGNORE, NEGATIVE, POSITIVE, DatasetError, DatasetSpec, RawDataset
 from repro.download import Archive, download, extract
 
 log = logging.getLogger(__name__)
@@ -181,3 +182,22 @@ def load(name: str, root: Path, splits: list[str], difficult: str) -> RawDataset
         labels=labels,
         notes={"images_without_objects": no_objects},
     )
+
+
+def _locate(name: str, data) -> Path:
+    return fetch(name, Path(data.download_dir))
+
+
+def _load(name: str, root: Path, splits: list[str], data) -> RawDataset:
+    return load(name, root, splits, data.difficult)
+
+
+SPECS = tuple(
+    DatasetSpec(
+        name=name,
+        standard_splits=("trainval", "test"),
+        locate=partial(_locate, name),
+        load=partial(_load, name),
+    )
+    for name in ("voc2007", "voc2012")
+)
