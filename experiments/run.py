@@ -37,10 +37,11 @@ METRIC_FILES = {
 
 
 def dvc(*args: str, check: bool = True) -> str:
-    command = ["dvc", *args]
+    """Run a DVC command with this interpreter's DVC and return its standard output."""
+    command = [sys.executable, "-m", "dvc", *args]
     result = subprocess.run(command, capture_output=True, text=True)
     if check and result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(command)}` failed:\n{result.stdout}{result.stderr}")
+        raise RuntimeError(f"`dvc {' '.join(args)}` failed:\n{result.stdout}{result.stderr}")
     return result.stdout
 
 

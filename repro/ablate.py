@@ -1,10 +1,9 @@
 """Stage ablate: every aggregation-side sweep, computed from the cached embeddings.
 
-Nothing here runs CLIP. Cosine similarities are computed once per prompt variant; every
+Nothing here runs CLIP. Cosine similarities are computed once per prompt variant. Every
 threshold, aggregator, mixing weight, temperature and normalisation is then a cheap tensor
 operation, scored against the training images' ground truth (measurement only). Each table
-gets a bootstrap 95% interval per row and a `weights` column that says when CLIP had random
-weights.
+row gets a bootstrap 95% interval, and a `weights` column marks runs with random CLIP weights.
 """
 
 from __future__ import annotations
@@ -61,10 +60,11 @@ def zscore(values: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def normalise_only(cosines: torch.Tensor) -> torch.Tensor:
-    """SPARC's training-free 'normalise only' scores (Miller et al., CVPR 2025).
+    """SPARC's training-free 'Normalize only' scores (Miller et al., CVPR 2025).
 
     Raw cosine similarities are z-scored per image across classes, then per class across
-    images: (images, classes).
+    images, both with the unbiased standard deviation, as `calibrate_data` in
+    github.com/kjmillerCURIS/SPARC (run_SPARC.py) does: (images, classes).
     """
     return zscore(zscore(cosines, dim=1), dim=0)
 
@@ -138,7 +138,7 @@ def aggregator_table(
 
 
 def final_labels(probs: torch.Tensor, config: Config) -> torch.Tensor:
-    """The configured pipeline's final labels from view probabilities."""
+    """Compute the configured pipeline's final labels from view probabilities."""
     if config.aggregation.aggregator == "global":
         return probs[:, 0]
     local = aggregate_snippets(probs[:, 1:], config.threshold, config.aggregation.aggregator)
@@ -174,7 +174,7 @@ def prompt_table(cache: EmbeddingCache, config: Config, score: Scorer) -> pd.Dat
 def softmax_stats(
     cache: EmbeddingCache, probabilities: dict[str, torch.Tensor], config: Config
 ) -> pd.DataFrame:
-    """How peaked each temperature's softmax is, which decides what a threshold can select."""
+    """Measure how peaked each temperature's softmax is, which decides what a threshold can select."""
     rows = []
     for temperature, probs in probabilities.items():
         rows.append(

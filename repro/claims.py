@@ -1,13 +1,12 @@
 """The claims registry: reported numbers, how each is measured here, and the verdict.
 
-experiments/claims.yaml lists the claims; this module validates it, finds each claim's
-measured value in the pipeline's metrics, the ablation tables or the collected experiments,
-and compares the two.
+experiments/claims.yaml lists the claims. This module validates the file, finds each
+claim's measured value in the pipeline's metrics, the ablation tables or the collected
+experiments, and compares it with the reported one.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,7 +218,7 @@ def _dataset_command(dataset: str, definitions: dict[str, dict]) -> str:
 
 
 def measure(spec: dict, claim: Claim, evidence: Evidence) -> Measured:
-    """Find the number a measure spec names; `missing` says why when there is none."""
+    """Find the number a measure spec names; `missing` explains why when there is none."""
     kind = spec["from"]
     if (
         kind in ("run", "table")
@@ -357,7 +356,7 @@ def _format(measured: Measured) -> str:
 
 
 def assess(claim: Claim, evidence: Evidence) -> dict:
-    """One row of the claims table: reported, reproduced, interval, verdict, caveats."""
+    """Build one row of the claims table: reported, reproduced, interval, verdict, caveats."""
     if claim.check == "none":
         return {
             "id": claim.id,
@@ -374,19 +373,19 @@ def assess(claim: Claim, evidence: Evidence) -> dict:
         )
         result = verdict("direction", claim.reported, claim.tolerance, better.value, worse.value)
         missing = better.missing or worse.missing
-        shown = missing or f"{_format(better)} vs {_format(worse)}"
+        display = missing or f"{_format(better)} vs {_format(worse)}"
         notes = caveats(claim, better, worse) if not missing else []
     else:
         measured = measure(claim.measure, claim, evidence)
         result = verdict(claim.check, claim.reported, claim.tolerance, measured.value)
-        shown = _format(measured)
+        display = _format(measured)
         notes = caveats(claim, measured) if measured.value is not None else []
     if notes and "random weights" in notes and result != NOT_RUN:
         result = f"not comparable ({result} on random weights)"
     return {
         "id": claim.id,
         "reported": _reported(claim),
-        "reproduced": shown,
+        "reproduced": display,
         "verdict": result,
         "caveats": "; ".join(notes),
         "source": _source(claim),
@@ -428,7 +427,3 @@ def load_evidence(dataset: str | None, random_weights: bool, subset: bool) -> Ev
 
 def claims_table(claims: list[Claim], evidence: Evidence) -> pd.DataFrame:
     return pd.DataFrame([assess(claim, evidence) for claim in claims])
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,4 +1,8 @@
-"""Stage report: report/report.md with the run's params, metrics, figures and provenance."""
+"""Stage report: report/report.md with claims and verdicts, ablations, figures and provenance.
+
+Every section reads files the other stages wrote; a section whose inputs do not exist says
+which command produces them. Runs with random CLIP weights are marked on every table.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,22 @@ import logging
 import subprocess
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import yaml  # noqa: E402
-
-from repro import io, paths, stage  # noqa: E402
-from repro.config import RANDOM_WEIGHTS_NOTE, Config  # noqa: E402
+from repro import io, paths, stage
+from repro import report_figures as figures
+from repro.claims import claims_table, load_claims, load_evidence
+from repro.config import RANDOM_WEIGHTS_NOTE, Config
 
 log = logging.getLogger(__name__)
 
+PAPER_SETTING = Path("experiments/paper_setting.yaml")
+STAGES = ("prepare", "tile", "embed", "aggregate", "ablate", "train", "evaluate")
+
 
 def git_commit() -> str:
-    """The checked-out commit, with '+changes' when the work tree differs from it."""
+    """Return the checked-out commit, with '+changes' when tracked files differ from it."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
@@ -39,7 +43,7 @@ def git_commit() -> str:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """Render a DataFrame as a GitHub markdown table (no tabulate dependency)."""
+    """Render a DataFrame as a GitHub markdown table."""
     header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     rows = [
@@ -49,154 +53,475 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def _cell(value) -> str:
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and pd.isna(value)):
         return "n/a"
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def per_class_figure(per_class: pd.DataFrame, path: Path, title: str) -> None:
-    """Horizontal bar chart of AP per class, sorted, with excluded classes left out."""
-    data = per_class.dropna(subset=["ap"]).sort_values("ap", ascending=False)
-    height = max(3.0, 0.28 * len(data) + 1.0)
-    fig, ax = plt.subplots(figsize=(6.5, height))
-    sns.barplot(data=data, x="ap", y="class", ax=ax, color="#4C72B0")
-    ax.set_xlabel("AP (%)")
-    ax.set_ylabel("")
-    ax.set_xlim(0, 100)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)
+def interval(low, high) -> str:
+    if low is None or pd.isna(low):
+        return "n/a"
+    return f"[{low:.2f}, {high:.2f}]"
 
 
-def results_section(pseudo: dict, train: dict, evaluation: dict) -> str:
+class Report:
+    """Collects the report's sections and figures while it is built into `folder`."""
+
+    def __init__(self, config: Config, folder: Path):
+        self.config = config
+        self.folder = folder
+        self.figures = folder / paths.FIGURES.name
+        self.figures.mkdir(parents=True, exist_ok=True)
+        self.dataset = io.read_json(paths.DATASET_INFO)
+        self.manifest = io.read_json(paths.EMBEDDINGS / "manifest.json")
+        self.random = bool(self.manifest["random_weights"])
+        self.subset = self.dataset["holdout"] is not None or self.dataset["max_images"] is not None
+        self.lines: list[str] = []
+
+    def caption(self, text: str) -> str:
+        """Format a table or figure caption, marked when CLIP had random weights."""
+        return f"*{text}*" + (f" **({RANDOM_WEIGHTS_NOTE})**" if self.random else "")
+
+    def figure(self, name: str) -> Path:
+        return self.figures / name
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def text(self) -> str:
+        return "\n".join(self.lines).rstrip() + "\n"
+
+
+def run_section(report: Report, pseudo: dict, train: dict) -> None:
+    dataset, manifest = report.dataset, report.manifest
+    if dataset["holdout"] is not None:
+        split = (
+            f"official splits pooled, {dataset['holdout']:.0%} held out for evaluation by a seeded "
+            "hash (not the paper's splits)"
+        )
+    else:
+        split = f"train = {dataset['splits']['train']}, eval = {dataset['splits']['eval']}"
+    extras = []
+    if dataset["max_images"]:
+        extras.append(f"at most {dataset['max_images']} images per split")
+    if dataset.get("skipped_bad_images"):
+        extras.append(f"{len(dataset['skipped_bad_images'])} undecodable images skipped")
+    if dataset.get("missing_images"):
+        extras.append(f"{dataset['missing_images']} listed images missing on disk")
+    report.add(
+        "## Run",
+        "",
+        f"- dataset: {dataset['name']} at `{dataset['root']}`; {split}; {dataset['images']['train']} "
+        f"train and {dataset['images']['eval']} eval images" + "".join(f"; {e}" for e in extras),
+        f"- CLIP: {manifest['model']}, weights {manifest['weights']}, {manifest['grid']}x{manifest['grid']} "
+        f"snippets and the global view, {manifest['image_size']} px ({manifest['fit']})",
+        f"- pseudo labels: aggregator {pseudo['aggregator']}, threshold {pseudo['threshold']}, lambda "
+        f"{pseudo['lam']}, temperature {pseudo['temperature']} (scale {pseudo['scale']:.3g})",
+        f"- classifier: {train['backbone']} ({train['backbone_weights']}), loss {train['loss']}, "
+        f"{train['epochs']} epochs",
+        f"- seed {report.config.seed}; git commit {git_commit()}; report written "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "",
+    )
+
+
+def claims_section(report: Report) -> None:
+    claims = load_claims()
+    evidence = load_evidence(report.dataset["name"], report.random, report.subset)
+    table = claims_table(claims, evidence)
+    report.add(
+        "## Claims",
+        "",
+        report.caption(
+            "Each reported number beside its reproduction. Reproduced values show the "
+            "bootstrap 95% interval in brackets, or ± the standard deviation over seeds. "
+            "Sources and checks: experiments/claims.yaml."
+        ),
+        "",
+        markdown_table(table),
+        "",
+    )
+
+
+def results_section(report: Report, pseudo: dict, train: dict, evaluation: dict) -> None:
+    ci_eval = evaluation.get("ci") or [None, None]
     rows = [
-        ("pseudo labels, global view only", "train", pseudo["map_global"], "initial CLIP labels"),
-        ("pseudo labels, aggregated snippets", "train", pseudo["map_local"], "initial CLIP labels"),
+        (
+            "pseudo labels, global view only",
+            "train",
+            pseudo["map_global"],
+            interval(*(pseudo.get("ci_global") or [None, None])),
+            "initial CLIP labels",
+        ),
+        (
+            "pseudo labels, aggregated snippets",
+            "train",
+            pseudo["map_local"],
+            interval(*(pseudo.get("ci_local") or [None, None])),
+            "initial CLIP labels",
+        ),
         (
             "pseudo labels, final (global + snippets)",
             "train",
             pseudo["map_final"],
+            interval(*(pseudo.get("ci_final") or [None, None])),
             "initial CLIP labels",
         ),
         (
             "pseudo labels after gradient alignment",
             "train",
             train["pseudo_labels_map_final"],
+            "n/a",
             f"after {train['epochs']} epochs",
         ),
         (
             "classifier, last epoch (headline)",
             "eval",
             evaluation["map"],
+            interval(*ci_eval),
             "selected without ground truth",
         ),
         (
             "classifier, best epoch",
             "eval",
             train["eval_map_best_epoch"],
+            "n/a",
             f"epoch {train['best_epoch']}, selected with ground truth",
         ),
     ]
-    table = pd.DataFrame(rows, columns=["quantity", "split", "mAP (%)", "note"])
-    lines = ["## Results", "", markdown_table(table), ""]
+    table = pd.DataFrame(rows, columns=["quantity", "split", "mAP (%)", "95% interval", "note"])
+    report.add("## Results", "", report.caption("mAP of this run."), "", markdown_table(table), "")
     excluded = evaluation.get("classes_excluded") or []
     if excluded:
-        lines += [
-            f"AP is undefined for classes without positives in the eval split and they are "
-            f"left out of the mAP: {', '.join(excluded)}.",
+        report.add(
+            f"AP is undefined for classes without positives in the eval split, so they are left "
+            f"out of the mAP: {', '.join(excluded)}.",
             "",
-        ]
-    return "\n".join(lines)
+        )
 
 
-def timing_section() -> str:
+def ablation_section(report: Report) -> None:
+    tables = (
+        {p.stem: pd.read_csv(p) for p in paths.TABLES.glob("*.csv")}
+        if paths.TABLES.is_dir()
+        else {}
+    )
+    report.add("## Ablations of the pseudo labels", "")
+    if not tables:
+        report.add("Not run: `dvc repro ablate` computes them from the CLIP cache.", "")
+        return
+    title = f"Pseudo-label mAP against the threshold, {report.dataset['name']} train split"
+    path = report.figure("threshold_sweep.png")
+    figures.threshold_curves(
+        tables["threshold_sweep"],
+        tables["aggregators"],
+        path,
+        title + (figures.RANDOM_SUFFIX if report.random else ""),
+    )
+    stats = tables["softmax_stats"].drop(columns=["weights"])
+    report.add(
+        "### Threshold and temperature",
+        "",
+        f"![{title}](figures/{path.name})",
+        "",
+        report.caption(
+            "How peaked each temperature's softmax is: a threshold can only select snippets "
+            "whose best probability reaches it."
+        ),
+        "",
+        markdown_table(stats),
+        "",
+    )
+
+    aggregators = tables["aggregators"]
+    report.add("### Aggregator and lambda", "")
+    for temperature, rows in aggregators.groupby("temperature", sort=False):
+        lam = rows["lam"].astype(object).where(rows["lam"].notna(), "-")
+        pivot = rows.assign(lam=lam).pivot_table(
+            index="aggregator", columns="lam", values="map_final", aggfunc="first", sort=False
+        )
+        pivot.columns = [f"λ = {c}" if c != "-" else "no snippets" for c in pivot.columns]
+        report.add(
+            report.caption(
+                f"Final pseudo-label mAP, temperature {temperature}, threshold "
+                f"{report.config.threshold} for cdul."
+            ),
+            "",
+            markdown_table(pivot.reset_index()),
+            "",
+        )
+
+    prompts = tables["prompts"].drop(columns=["weights"])
+    prompts["95% interval"] = [
+        interval(lo, hi) for lo, hi in zip(prompts.pop("ci_low"), prompts.pop("ci_high"))
+    ]
+    normalisation = tables["normalisation"].drop(columns=["weights"])
+    normalisation["95% interval"] = [
+        interval(lo, hi)
+        for lo, hi in zip(normalisation.pop("ci_low"), normalisation.pop("ci_high"))
+    ]
+    report.add(
+        "### Prompts",
+        "",
+        report.caption("Class names and templates."),
+        "",
+        markdown_table(prompts),
+        "",
+        "### Normalisation baseline",
+        "",
+        report.caption(
+            "SPARC's training-free 'normalise only' scores (z-scored per image, then "
+            "per class) against CLIP's softmax."
+        ),
+        "",
+        markdown_table(normalisation),
+        "",
+    )
+
+    title = "AP per class across configurations (train split)"
+    path = report.figure("per_class_configurations.png")
+    figures.per_class_heatmap(
+        tables["per_class_ap"], path, title + (figures.RANDOM_SUFFIX if report.random else "")
+    )
+    report.add("### Per-class AP across configurations", "", f"![{title}](figures/{path.name})", "")
+
+
+def training_section(report: Report) -> None:
+    folder = paths.TRAIN_LOG / "plots" / "metrics"
+    series = {}
+    for name in ("pseudo_labels/map", "eval/map", "train/loss", "train/labels_updated"):
+        tsv = folder / f"{name}.tsv"
+        if tsv.is_file():
+            data = pd.read_csv(tsv, sep="\t")
+            series[name] = data.set_index("step")[data.columns[-1]]
+    report.add("## Training", "")
+    if not series:
+        report.add("No per-epoch log: `dvc repro train` writes it.", "")
+        return
+    history = pd.DataFrame(series).reset_index(names="step")
+    history["epoch"] = history["step"] + 1
+    title = "Gradient alignment: mAP and loss per epoch"
+    path = report.figure("training_curves.png")
+    figures.training_curves(history, path, title + (figures.RANDOM_SUFFIX if report.random else ""))
+    report.add(f"![{title}](figures/{path.name})", "")
+
+
+def experiments_section(report: Report, evaluation: dict, pseudo: dict) -> None:
+    collected = (
+        io.read_json(paths.EXPERIMENTS).get("experiments", {})
+        if paths.EXPERIMENTS.is_file()
+        else {}
+    )
+    definitions = (yaml.safe_load(Path("experiments/experiments.yaml").read_text()) or {}).get(
+        "experiments", {}
+    )
+    report.add("## Experiments", "")
     rows = []
-    for name in ("prepare", "tile", "embed", "aggregate", "train", "evaluate"):
-        path = paths.STAGE_TIMES / f"{name}.json"
-        if path.is_file():
-            timing = io.read_json(path)
-            rows.append(
-                (name, timing["wall_s"], timing.get("device", "-"), timing.get("views_per_s"))
+    for name, definition in definitions.items():
+        runs = [
+            r
+            for r in collected.values()
+            if r.get("experiment") == name and r.get("status") == "success"
+        ]
+        if name == "seeds" and runs:
+            runs = [{"metrics": {"eval": evaluation, "pseudo_labels": pseudo}}, *runs]
+        changes = ", ".join(f"{k}={v}" for k, v in (definition.get("set") or {}).items()) or "none"
+        if not runs:
+            extra = (
+                " --set dataset.root=<local copy>" if definition.get("group") == "datasets" else ""
             )
+            rows.append(
+                (
+                    name,
+                    definition.get("description", ""),
+                    changes,
+                    f"not run: `python experiments/run.py --only {name}{extra}`",
+                    "",
+                    0,
+                )
+            )
+            continue
+        eval_maps = pd.Series([r["metrics"].get("eval", {}).get("map") for r in runs], dtype=float)
+        pseudo_maps = pd.Series(
+            [r["metrics"].get("pseudo_labels", {}).get("map_final") for r in runs], dtype=float
+        )
+        rows.append(
+            (
+                name,
+                definition.get("description", ""),
+                changes,
+                _mean_std(eval_maps),
+                _mean_std(pseudo_maps),
+                len(runs),
+            )
+        )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            "experiment",
+            "description",
+            "params changed",
+            "classifier mAP (eval)",
+            "pseudo-label mAP (train)",
+            "runs",
+        ],
+    )
+    report.add(
+        report.caption(
+            "DVC experiments queued by experiments/run.py; mean ± standard deviation where "
+            "an experiment ran with several seeds (the seeds row includes this run)."
+        ),
+        "",
+        markdown_table(table),
+        "",
+    )
+
+
+def _mean_std(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.2f}"
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+
+def per_class_section(report: Report) -> None:
+    per_class = pd.read_csv(paths.PER_CLASS_AP)
+    title = f"Classifier AP per class, {report.dataset['name']} eval split"
+    path = report.figure("per_class_ap.png")
+    figures.per_class_bars(
+        per_class, path, title + (figures.RANDOM_SUFFIX if report.random else "")
+    )
+    report.add(
+        "## Per-class AP of the classifier",
+        "",
+        f"![{title}](figures/{path.name})",
+        "",
+        report.caption("AP per class on the eval split."),
+        "",
+        markdown_table(per_class.rename(columns={"ap": "AP (%)"})),
+        "",
+    )
+
+
+def cost_section(report: Report) -> None:
+    rows = []
+    for name in STAGES:
+        path = paths.STAGE_TIMES / f"{name}.json"
+        if not path.is_file():
+            continue
+        timing = io.read_json(path)
+        device = timing.get("device", "-")
+        gpu_hours = timing["wall_s"] / 3600 if str(device).startswith("cuda") else None
+        rows.append((name, timing["wall_s"], device, timing.get("views_per_s"), gpu_hours))
     if not rows:
-        return ""
-    table = pd.DataFrame(rows, columns=["stage", "wall time (s)", "device", "views/s"])
-    return "\n".join(["## Cost", "", markdown_table(table), ""])
+        return
+    table = pd.DataFrame(rows, columns=["stage", "wall time (s)", "device", "views/s", "GPU-hours"])
+    machine = (
+        io.read_json(paths.STAGE_TIMES / "embed.json").get("machine", {})
+        if (paths.STAGE_TIMES / "embed.json").is_file()
+        else {}
+    )
+    described = ", ".join(f"{k} {v}" for k, v in machine.items())
+    report.add(
+        "## Cost",
+        "",
+        report.caption(f"Wall time of each stage's last run ({described})."),
+        "",
+        markdown_table(table),
+        "",
+    )
+
+
+def deviations_section(report: Report) -> None:
+    """List the params that differ from CDUL's known setting, and those CDUL does not state."""
+    paper = yaml.safe_load(PAPER_SETTING.read_text()) if PAPER_SETTING.is_file() else {}
+    flat = _flatten(report.config.to_dict())
+    differs, unknown = [], []
+    for key, entry in (paper.get("settings") or {}).items():
+        value = flat.get(key)
+        if entry.get("cdul") is not None:
+            if value != entry["cdul"]:
+                differs.append(
+                    f"- `{key}` is {value!r}; CDUL used {entry['cdul']!r} ({entry.get('source', '')})."
+                )
+        else:
+            repro = entry.get("repro")
+            same = (
+                " (as the reproduction)" if repro == value else f"; the reproduction used {repro!r}"
+            )
+            unknown.append(f"- `{key}` = {value!r}{same}. {entry.get('source', '')}.")
+    report.add(
+        "## Deviations from the paper",
+        "",
+        "Generated from this run's params and experiments/paper_setting.yaml.",
+        "",
+    )
+    report.add(
+        "### Params that differ from CDUL's known setting",
+        "",
+        *(differs or ["- none"]),
+        "",
+        "### Params CDUL's readable text does not state",
+        "",
+        *(unknown or ["- none"]),
+        "",
+        "### Differences that are not params",
+        "",
+        *[f"- {item}" for item in (paper.get("fixed") or [])],
+        "",
+    )
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def build_report(config: Config, folder: Path) -> str:
     """Render the report's markdown and write its figures into `folder`/figures."""
+    report = Report(config, folder)
     pseudo = io.read_json(paths.PSEUDO_METRICS)
     train = io.read_json(paths.TRAIN_METRICS)
     evaluation = io.read_json(paths.EVAL_METRICS)
-    dataset = io.read_json(paths.DATASET_INFO)
-    manifest = io.read_json(paths.EMBEDDINGS / "manifest.json")
-    per_class = pd.read_csv(paths.PER_CLASS_AP)
 
-    random_weights = manifest["random_weights"]
-    figures = folder / paths.FIGURES.name
-    figures.mkdir(parents=True, exist_ok=True)
-    figure = figures / "per_class_ap.png"
-    title = f"Classifier AP per class, {dataset['name']} eval split"
-    per_class_figure(per_class, figure, title + (" (random weights)" if random_weights else ""))
-
-    split_note = (
-        f"official splits re-pooled, {dataset['holdout']:.0%} held out for evaluation by a seeded hash "
-        "(not the paper's splits)"
-        if dataset["holdout"] is not None
-        else f"train = {dataset['splits']['train']}, eval = {dataset['splits']['eval']}"
-    )
-    lines = ["# CDUL reproduction report", ""]
-    if random_weights:
-        lines += [
-            f"> **{RANDOM_WEIGHTS_NOTE}.** CLIP ran with random weights "
-            "(`clip.pretrained: random`); every number below only checks the pipeline.",
+    report.add("# CDUL reproduction report", "")
+    if report.random:
+        report.add(
+            f"> **{RANDOM_WEIGHTS_NOTE}.** CLIP ran with random weights (`clip.pretrained: random`); "
+            "every number below only checks the pipeline.",
             "",
-        ]
-    lines += [
-        "## Run",
-        "",
-        f"- dataset: {dataset['name']} at `{dataset['root']}`; {split_note}; "
-        f"{dataset['images']['train']} train and {dataset['images']['eval']} eval images"
-        + (f", at most {dataset['max_images']} per split" if dataset["max_images"] else "")
-        + (
-            f"; {len(dataset['skipped_bad_images'])} undecodable images skipped"
-            if dataset["skipped_bad_images"]
-            else ""
-        ),
-        f"- CLIP: {manifest['model']}, weights {manifest['weights']}, {manifest['grid']}x{manifest['grid']} "
-        f"snippets + global view, {manifest['image_size']} px ({manifest['fit']})",
-        f"- pseudo labels: aggregator {pseudo['aggregator']}, threshold {pseudo['threshold']}, "
-        f"lambda {pseudo['lam']}, temperature {pseudo['temperature']} (scale {pseudo['scale']:.3g})",
-        f"- classifier: {train['backbone']} ({train['backbone_weights']}), loss {train['loss']}, "
-        f"{train['epochs']} epochs",
-        f"- seed {config.seed}; git commit {git_commit()}; "
-        f"report written {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        "",
-        results_section(pseudo, train, evaluation),
-        "## Per-class AP",
-        "",
-        f"![{title}](figures/{figure.name})",
-        "",
-        markdown_table(per_class.rename(columns={"ap": "AP (%)"})),
-        "",
-        timing_section(),
+        )
+    run_section(report, pseudo, train)
+    claims_section(report)
+    results_section(report, pseudo, train, evaluation)
+    ablation_section(report)
+    training_section(report)
+    experiments_section(report, evaluation, pseudo)
+    per_class_section(report)
+    cost_section(report)
+    deviations_section(report)
+    report.add(
         "## Params",
         "",
         "```yaml",
         yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip(),
         "```",
-        "",
-    ]
-    return "\n".join(lines)
+    )
+    return report.text()
 
 
 def report(config: Config) -> dict:
-    # The whole folder is built beside report/ and renamed into place, so a killed run never
-    # leaves a report.md next to stale or missing figures.
+    # The folder is built beside report/ and renamed into place, so a killed run never leaves
+    # a report.md next to stale or missing figures.
     with io.atomic_dir(paths.REPORT.parent) as folder:
         text = build_report(config, folder)
         (folder / paths.REPORT.name).write_text(text)

@@ -82,7 +82,7 @@ def test_embed_writes_complete_cache(workdir):
     assert embeddings.dtype == np.float16
     norms = np.linalg.norm(embeddings.astype(np.float32), axis=-1)
     assert np.allclose(norms, 1.0, atol=5e-3)
-    assert cache.text("natural").shape == (1, 20, 64)
+    assert cache.text("natural").shape == (len(config.prompts.templates), 20, 64)
     assert not np.allclose(cache.text("natural"), cache.text("raw"))
     assert cache.random_weights
     assert cache.manifest["note"] == "random weights: not comparable with the paper"

@@ -5,6 +5,7 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -13,10 +14,20 @@ from tests.conftest import PROJECT, project_params
 
 pytestmark = pytest.mark.slow
 
-PROJECT_FILES = ["repro", "dvc.yaml", ".gitignore", ".dvcignore", "pyproject.toml"]
+PROJECT_FILES = [
+    "repro",
+    "experiments",
+    "results/experiments.json",
+    "dvc.yaml",
+    ".gitignore",
+    ".dvcignore",
+    "pyproject.toml",
+]
 
 
 def run(command: list[str], cwd, timeout=900) -> str:
+    if command[0] == "dvc":  # the DVC of this interpreter, whether or not it is on PATH
+        command = [sys.executable, "-m", "dvc", *command[1:]]
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{output[-4000:]}"
@@ -42,6 +53,7 @@ def pipeline_project(
     folder = tmp_path_factory.mktemp("project")
     for name in PROJECT_FILES:
         source = PROJECT / name
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
             shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
@@ -61,15 +73,8 @@ def pipeline_project(
 
 def test_repro_runs_every_stage(pipeline_project):
     _, output = pipeline_project
-    assert stages_run(output) == {
-        "prepare",
-        "tile",
-        "embed",
-        "aggregate",
-        "train",
-        "evaluate",
-        "report",
-    }
+    expected = {"prepare", "tile", "embed", "aggregate", "ablate", "train", "evaluate", "report"}
+    assert stages_run(output) == expected
 
 
 def test_repro_writes_metrics_and_report(pipeline_project):
@@ -95,6 +100,28 @@ def test_threshold_change_skips_tile_and_embed(pipeline_project):
     run(["git", "commit", "-qm", "first run"], folder)
     output = run(["dvc", "exp", "run", "-S", "threshold=0.5"], folder)
     assert {"prepare", "tile", "embed"} <= stages_skipped(output)
-    assert stages_run(output) == {"aggregate", "train", "evaluate", "report"}
+    assert stages_run(output) == {"aggregate", "ablate", "train", "evaluate", "report"}
     pseudo = json.loads((folder / "results/metrics/pseudo_labels.json").read_text())
     assert pseudo["threshold"] == 0.5
+
+
+def test_experiment_queue_fills_report(pipeline_project):
+    folder, _ = pipeline_project
+    run(["git", "add", "-A"], folder)
+    run(["git", "commit", "-qm", "threshold run"], folder)
+    run([sys.executable, "experiments/run.py", "--only", "fixed_labels", "--poll", "2"], folder)
+    collected = json.loads((folder / "results/experiments.json").read_text())["experiments"]
+    record = collected["fixed_labels"]
+    assert record["status"] == "success"
+    assert record["params"]["train.label_update.every"] == 0
+    assert math.isfinite(record["metrics"]["eval"]["map"])
+    report = (folder / "report/report.md").read_text()
+    row = next(
+        line for line in report.splitlines() if line.startswith("| cdul_gradient_alignment_helps |")
+    )
+    assert "not run" not in row
+    assert "not comparable" in row
+    experiments_row = next(
+        line for line in report.splitlines() if line.startswith("| fixed_labels |")
+    )
+    assert "not run" not in experiments_row
