@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import types
@@ -389,11 +390,50 @@ def validate(config: Config, base: Path | None = None) -> Config:
             "set dataset.holdout to carve an evaluation split out of the listed images."
         )
 
+    _check_clip_once(config.clip, base)
+    return config
+
+
+def _check_clip_once(clip: ClipConfig, base: Path) -> None:
+    """Check the CLIP model and weights, skipping combinations that passed before.
+
+    Importing open_clip takes seconds, and every stage validates the params, so a passed
+    check is remembered in .repro-tmp/ under a key of the model, the weights (with the
+    file's size and time when it is a path) and the open_clip version.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        open_clip_version = version("open_clip_torch")
+    except PackageNotFoundError:
+        open_clip_version = "unknown"
+    path = Path(clip.pretrained) if os.path.isabs(clip.pretrained) else base / clip.pretrained
+    stat = path.stat() if clip.pretrained != RANDOM_WEIGHTS and path.is_file() else None
+    key = json.dumps(
+        [
+            clip.model,
+            clip.pretrained,
+            open_clip_version,
+            [stat.st_size, stat.st_mtime_ns] if stat else None,
+        ]
+    )
+    stamp = base / ".repro-tmp" / "clip-checks.json"
+    try:
+        passed = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        passed = []
+    if key in passed:
+        return
+
     # Deferred import: open_clip is heavy and only this check needs it here.
     from repro.clip_model import check_model_and_weights
 
-    check_model_and_weights(config.clip, base)
-    return config
+    check_model_and_weights(clip, base)
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps([*passed[-20:], key]))
+    except OSError:
+        pass  # a read-only project only loses the shortcut
 
 
 def load_config(path: str | Path = PARAMS_FILE, check: bool = True) -> Config:
