@@ -4,6 +4,7 @@ import io
 import shutil
 import tarfile
 import threading
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,20 @@ from repro.download import (
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files from `root`, honouring `Range: bytes=N-` unless `ranges` is off."""
+    """Serves files from `root`, honouring `Range: bytes=N-` unless `ranges` is off.
+
+    With `drop_after` set, a response announces its full length but the connection closes
+    after that many body bytes.
+    """
 
     root: Path
     ranges = True
+    drop_after: int | None = None
     seen_ranges: list
+    requests: list
 
     def do_GET(self):
+        self.requests.append(self.path)
         path = self.root / self.path.lstrip("/")
         if not path.is_file():
             self.send_error(404)
@@ -38,12 +46,19 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         if header and self.ranges:
             start = int(header.split("=")[1].split("-")[0])
             self.seen_ranges.append(start)
+            if start >= len(data):
+                self.send_error(416)
+                return
             self.send_response(206)
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
-        self.wfile.write(data[start:])
+        body = data[start:]
+        if self.drop_after is not None:
+            body = body[: self.drop_after]
+            self.close_connection = True
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -53,12 +68,15 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 def server(tmp_path):
     root = tmp_path / "served"
     root.mkdir()
-    handler = type("Handler", (RangeHandler,), {"root": root, "seen_ranges": []})
+    handler = type("Handler", (RangeHandler,), {"root": root, "seen_ranges": [], "requests": []})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}", handler
     httpd.shutdown()
+    httpd.server_close()
 
 
 def md5(data: bytes) -> str:
@@ -130,6 +148,64 @@ def test_download_restarts_when_server_ignores_range(server, tmp_path):
     assert path.read_bytes() == data
 
 
+def test_dropped_connection_keeps_only_part(server, tmp_path):
+    root, url, handler = server
+    data = bytes(range(256)) * 400
+    (root / "file.bin").write_bytes(data)
+    handler.drop_after = 30_000
+    archive = Archive(f"{url}/file.bin", "file.bin", md5(data))
+    with pytest.raises(DownloadError, match="failed after 30.00 kB of 102.40 kB") as error:
+        download(archive, tmp_path)
+    assert "run the stage again to resume" in str(error.value)
+    assert not (tmp_path / "file.bin").exists()
+    assert (tmp_path / "file.bin.part").read_bytes() == data[:30_000]
+
+
+def test_dropped_connection_then_resume(server, tmp_path):
+    root, url, handler = server
+    data = bytes(range(256)) * 400
+    (root / "file.bin").write_bytes(data)
+    archive = Archive(f"{url}/file.bin", "file.bin", md5(data))
+    handler.drop_after = 30_000
+    with pytest.raises(DownloadError):
+        download(archive, tmp_path)
+    handler.drop_after = None
+    path = download(archive, tmp_path)
+    assert path.read_bytes() == data
+    assert handler.seen_ranges == [30_000]
+    assert not (tmp_path / "file.bin.part").exists()
+
+
+def test_complete_part_file_renamed_without_request(server, tmp_path):
+    root, url, handler = server
+    data = b"complete" * 100
+    (tmp_path / "file.bin.part").write_bytes(data)
+    path = download(Archive(f"{url}/file.bin", "file.bin", md5(data)), tmp_path)
+    assert path.read_bytes() == data
+    assert handler.requests == []
+
+
+def test_part_longer_than_file_restarts(server, tmp_path):
+    root, url, handler = server
+    data = b"abc" * 100
+    (root / "file.bin").write_bytes(data)
+    (tmp_path / "file.bin.part").write_bytes(b"x" * 1000)
+    path = download(Archive(f"{url}/file.bin", "file.bin", md5(data)), tmp_path)
+    assert path.read_bytes() == data
+    assert handler.seen_ranges == [1000]
+
+
+def test_download_checks_space_before_request(server, tmp_path):
+    root, url, handler = server
+    (root / "file.bin").write_bytes(b"x" * 10)
+    needed = shutil.disk_usage(tmp_path).free * 10
+    archive = Archive(f"{url}/file.bin", "file.bin", "0" * 32, needed)
+    with pytest.raises(DiskSpaceError, match="downloading file.bin needs .* GB in .* free"):
+        download(archive, tmp_path)
+    assert handler.requests == []
+    assert not (tmp_path / "file.bin.part").exists()
+
+
 def test_unreachable_url_explains_ways_out(tmp_path):
     archive = Archive("http://127.0.0.1:9/none.tar", "none.tar", "0" * 32)
     with pytest.raises(DownloadError, match="set dataset.root"):
@@ -163,6 +239,46 @@ def test_unsafe_archive_rejected(tmp_path, name, kind, link):
         extract(archive, target)
     assert not (tmp_path / "escape.txt").exists()
     assert list(target.iterdir()) == []
+
+
+def zip_with(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / "bad.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("fine.txt", "fine")
+        archive.writestr(zipfile.ZipInfo(name), "bad")
+    return path
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/tmp/absolute.txt", "a/../../escape.txt"])
+def test_unsafe_zip_rejected(tmp_path, name):
+    target = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveError, match="outside"):
+        extract(zip_with(tmp_path, name), target)
+    assert not (tmp_path / "escape.txt").exists()
+    assert list(target.iterdir()) == []
+
+
+def test_extract_checks_space_first(tmp_path, monkeypatch):
+    archive = tmp_path / "data.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("data.bin")
+        info.size = 50_000
+        tar.addfile(info, io.BytesIO(b"x" * 50_000))
+    target = tmp_path / "out"
+    target.mkdir()
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=20_000))
+    with pytest.raises(DiskSpaceError, match=r"extracting data.tar needs 50.00 kB in .*20.00 kB"):
+        extract(archive, target)
+    assert list(target.iterdir()) == []
+
+
+def test_truncated_archive_reported(tmp_path, voc_sample):
+    archive = tmp_path / "VOC.tar"
+    data = build_voc_archive(voc_sample, archive, ["000006"])
+    archive.write_bytes(data[: len(data) // 3])
+    with pytest.raises(DownloadError, match="is not a readable tar or zip archive"):
+        extract(archive, tmp_path / "out")
 
 
 def test_free_space_message_gives_need(tmp_path):
