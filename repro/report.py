@@ -163,7 +163,7 @@ def build_report(config: Config, folder: Path) -> str:
         f"{dataset['images']['train']} train and {dataset['images']['eval']} eval images"
         + (f", at most {dataset['max_images']} per split" if dataset["max_images"] else "")
         + (
-            f"; {len(dataset['skipped_bad_images'])} undecodable images skipped"
+            f"; {len(dataset['skipped_bad_images'])} undecodable or missing images skipped"
             if dataset["skipped_bad_images"]
             else ""
         ),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from repro.config import config_from_dict
+from tests import faulty_voc
 
 PROJECT = Path(__file__).resolve().parents[1]
 VOC_SAMPLE = Path(os.environ.get("REPRO_VOC_SAMPLE", PROJECT.parent / "shared/data/voc2007-sample"))
@@ -51,13 +55,18 @@ def project_params(**overrides) -> dict:
     return merge(merge(params, TINY_PARAMS), overrides)
 
 
-@pytest.fixture
-def voc_sample() -> Path:
+def require_voc_sample() -> Path:
+    """Return the VOC 2007 sample folder; skip the test (or fail it on CI) when it is missing."""
     if not (VOC_SAMPLE / "JPEGImages").is_dir():
         if os.environ.get("REPRO_REQUIRE_SAMPLE"):
             pytest.fail(f"the VOC 2007 sample is required but missing at {VOC_SAMPLE}")
         pytest.skip(f"VOC 2007 sample not found at {VOC_SAMPLE}; set REPRO_VOC_SAMPLE")
     return VOC_SAMPLE
+
+
+@pytest.fixture
+def voc_sample() -> Path:
+    return require_voc_sample()
 
 
 @pytest.fixture
@@ -72,3 +81,93 @@ def workdir(tmp_path, monkeypatch, voc_sample):
 
     write()
     return write
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """Environment for a `python -m repro.<stage>` subprocess that imports this checkout."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+    return env
+
+
+@contextlib.contextmanager
+def inside(folder: Path, **environment: str) -> Iterator[None]:
+    """Run the block with `folder` as the cwd and `environment` added to os.environ."""
+    saved_cwd = Path.cwd()
+    saved_env = {name: os.environ.get(name) for name in environment}
+    os.chdir(folder)
+    os.environ.update(environment)
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_stages(folder: Path, names: list[str], **environment: str) -> None:
+    """Run pipeline stages in this process through `repro.stage.run`, as `python -m` does."""
+    from repro import aggregate, embed, evaluate, prepare, report, stage, tiling, train
+
+    bodies = {
+        "prepare": prepare.prepare,
+        "tile": tiling.tile,
+        "embed": embed.embed,
+        "aggregate": aggregate.aggregate,
+        "train": train.train,
+        "evaluate": evaluate.evaluate,
+        "report": report.report,
+    }
+    with inside(folder, **environment):
+        for name in names:
+            stage.run(name, bodies[name])
+
+
+ALL_STAGES = ["prepare", "tile", "embed", "aggregate", "train", "evaluate", "report"]
+# Two images per embedding shard cut the faulty dataset's train split into nine shards.
+CHAIN_ENV = {"REPRO_EMBED_SHARD_IMAGES": "2"}
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A project folder on which every stage ran once, over the faulty VOC dataset."""
+
+    folder: Path
+    voc: faulty_voc.FaultyVoc
+    params: dict
+
+
+def chain_params(root: Path) -> dict:
+    """Tiny params over the faulty dataset: official splits, bad images skipped.
+
+    The 17 train images make one batch of 16 per epoch (the seventeenth sits out, because a
+    batch of one cannot train batch norm), and two epochs give a run something to resume.
+    """
+    dataset = {
+        "root": str(root),
+        "holdout": None,
+        "max_images": None,
+        "on_bad_image": "skip",
+    }
+    return project_params(dataset=dataset, train={"epochs": 2, "batch_size": 16})
+
+
+@pytest.fixture(scope="session")
+def faulty_dataset(tmp_path_factory) -> faulty_voc.FaultyVoc:
+    """The faulty VOC dataset, built once; tests must not change it."""
+    sample = require_voc_sample()
+    return faulty_voc.build(tmp_path_factory.mktemp("faulty") / "VOC2007", sample)
+
+
+@pytest.fixture(scope="session")
+def faulty_chain(faulty_dataset, tmp_path_factory) -> Chain:
+    """Run prepare to report once on the faulty dataset; tests copy the folder to change it."""
+    voc = faulty_dataset
+    folder = tmp_path_factory.mktemp("chain")
+    params = chain_params(voc.root)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_stages(folder, ALL_STAGES, **CHAIN_ENV)
+    return Chain(folder, voc, params)
