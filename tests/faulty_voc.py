@@ -73,7 +73,7 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims `width` x `height` pixels but which holds 1x1 of data."""
+    """A PNG whose header claims `width` x `height` pixels but which contains 1x1 of data."""
     data = bytearray(_png_bytes(Image.new("RGB", (1, 1))))
     header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
     data[16:24] = struct.pack(">II", width, height)

@@ -1,7 +1,7 @@
 """Odd and broken images through every stage, from prepare to report.
 
 The `faulty_chain` fixture runs the whole pipeline once on a VOC-layout folder whose train
-split holds odd but valid files (grayscale, CMYK, PNG named .jpg, EXIF-rotated, 2x1 px,
+split contains odd but valid files (grayscale, CMYK, PNG named .jpg, EXIF-rotated, 2x1 px,
 3000x2000 px) and whose splits list broken ones, with `dataset.on_bad_image: skip`.
 """
 
