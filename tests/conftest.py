@@ -141,7 +141,7 @@ class Chain:
 
 
 def chain_params(root: Path) -> dict:
-    """Tiny params over the faulty dataset: official splits, bad images skipped.
+    """Tiny CPU params over the faulty dataset: official splits, bad images skipped.
 
     The 17 train images make one batch of 16 per epoch (the seventeenth sits out, because a
     batch of one cannot train batch norm), and two epochs give a run something to resume.
@@ -152,7 +152,11 @@ def chain_params(root: Path) -> dict:
         "max_images": None,
         "on_bad_image": "skip",
     }
-    return project_params(dataset=dataset, train={"epochs": 2, "batch_size": 16})
+    return project_params(
+        dataset=dataset,
+        clip={"device": "cpu"},
+        train={"epochs": 2, "batch_size": 16, "device": "cpu"},
+    )
 
 
 @pytest.fixture(scope="session")
