@@ -54,13 +54,25 @@ def _open_clip():
 
 
 def resolve_device(name: str) -> torch.device:
-    """Turn a device param ('auto', 'cpu', 'cuda:1') into a torch device."""
+    """Turn a device param ('auto', 'cpu', 'cuda:1') into a torch device.
+
+    Raises:
+        ConfigError: the device does not exist on this machine.
+    """
+    from repro.config import ConfigError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {name!r} was requested but CUDA is not available; use 'cpu' or 'auto'."
+        raise ConfigError(
+            f"device {name!r} was requested but CUDA is not available on this machine; set "
+            "clip.device and train.device to 'cpu' or 'auto'."
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {name!r} was requested but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s); set clip.device and train.device to 'cuda' or 'auto'."
         )
     return device
 

@@ -445,8 +445,11 @@ def load_config(path: str | Path = PARAMS_FILE, check: bool = True) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found; run the stage from the project folder that holds it.")
-    with path.open() as handle:
-        raw = yaml.safe_load(handle)
+    try:
+        with path.open() as handle:
+            raw = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
     config = _build(Config, raw)
     if check:
         validate(config, base=path.resolve().parent)

@@ -30,13 +30,19 @@ from tqdm import tqdm
 
 from repro import clip_cache, io, paths, stage
 from repro.clip_model import LoadedClip, encode_prompts, load_clip, resolve_device
-from repro.config import RANDOM_WEIGHTS_NOTE, Config
+from repro.config import RANDOM_WEIGHTS_NOTE, Config, ConfigError
+from repro.download import check_free_space
 from repro.images import load_rgb_tensor
 from repro.tiling import boxes_from_tiles
 
 log = logging.getLogger(__name__)
 
 SHARD_IMAGES = 2048
+# Images per shard can be lowered through this environment variable, so that a test can cut
+# a small run into several shards and kill the stage between them. It is not a param because
+# it sets how often a killed run saves progress, not what is embedded. Batches end at shard
+# boundaries, so it can change embeddings in their last bits, and the fingerprint includes it.
+SHARD_IMAGES_ENV = "REPRO_EMBED_SHARD_IMAGES"
 INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
 
@@ -144,13 +150,35 @@ class ImageEncoder:
         return F.normalize(features.float(), dim=-1).half().cpu()
 
 
+def shard_images() -> int:
+    """Images per shard: SHARD_IMAGES, or the value of the SHARD_IMAGES_ENV variable."""
+    raw = os.environ.get(SHARD_IMAGES_ENV)
+    if raw is None:
+        return SHARD_IMAGES
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(
+            f"environment variable {SHARD_IMAGES_ENV} = {raw!r} is invalid; expected a positive "
+            "integer. Unset it to use the default."
+        )
+    return int(raw)
+
+
 def fingerprint(
-    config: Config, clip: LoadedClip, image_ids: np.ndarray, boxes: np.ndarray, paths_: list[str]
+    config: Config,
+    clip: LoadedClip,
+    image_ids: np.ndarray,
+    boxes: np.ndarray,
+    paths_: list[str],
+    shard_size: int = SHARD_IMAGES,
 ) -> str:
-    """Hash of everything that decides the image embeddings; a resumed run must match it."""
+    """Hash of everything that decides the image embeddings and their shards.
+
+    A resumed run reuses finished shards only if its fingerprint matches.
+    """
     digest = hashlib.sha256()
     header = {
         "format": clip_cache.FORMAT_VERSION,
+        "shard_images": shard_size,
         "model": config.clip.model,
         "weights": clip.weights,
         "quick_gelu": config.clip.quick_gelu,
@@ -179,6 +207,20 @@ def prepare_work_dir(work: Path, key: str, rank: int, dist_: Distributed) -> Non
         else:
             log.info("resuming partial embeddings in %s", work)
     dist_.barrier()
+
+
+def check_cache_space(clip: LoadedClip, device: torch.device, work: Path, views: int) -> None:
+    """Raise DiskSpaceError unless `work` has room for `views` fp16 embeddings.
+
+    The shards move from `work` into the cache folder by renaming, which needs no more space.
+    """
+    dim = encode_prompts(clip, ["{}"], ["photo"], device).shape[-1]
+    check_free_space(
+        work,
+        views * dim * np.dtype(np.float16).itemsize,
+        f"the CLIP embedding cache ({views} views of {dim} dims in fp16)",
+        "Free some space in the project folder, which holds .repro-tmp/ and cache/.",
+    )
 
 
 def encode_shard(
@@ -239,8 +281,9 @@ def embed(config: Config) -> dict:
     image_ids = train["image_id"].to_numpy()
     image_paths = train["path"].tolist()
 
+    shard_size = shard_images()
     clip = load_clip(config.clip, device)
-    key = fingerprint(config, clip, image_ids, boxes, image_paths)
+    key = fingerprint(config, clip, image_ids, boxes, image_paths, shard_size)
     work = paths.EMBED_WORK
     prepare_work_dir(work, key, dist_.rank, dist_)
 
@@ -250,10 +293,11 @@ def embed(config: Config) -> dict:
     encoder = ImageEncoder(clip, device, config.clip.precision)
     views = boxes.shape[1]
     batch_images = max(1, config.clip.batch_size // views)
-    shards = clip_cache.plan_shards(len(image_ids), SHARD_IMAGES)
+    shards = clip_cache.plan_shards(len(image_ids), shard_size)
     mine = [s for s in shards if s.number % dist_.world == dist_.rank]
     todo = [s for s in mine if not (work / s.file).is_file()]
     done_images = sum(s.stop - s.start for s in mine if s not in todo)
+    check_cache_space(clip, device, work, sum(s.stop - s.start for s in todo) * views)
 
     started = time.perf_counter()
     with tqdm(

@@ -12,30 +12,37 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
-# Decompression-bomb guard: PIL warns above ~89 MP and raises above twice that. Dataset
-# images are far smaller, so anything above this is treated as a bad file.
-MAX_PIXELS = 16_000 * 16_000
+# Decompression-bomb guard: an image with more pixels than this (10000 x 10000) is a bad
+# file. The check reads only the header, before any pixel is decoded.
+MAX_PIXELS = 10_000 * 10_000
 
 
 class BadImageError(ValueError):
-    """An image file cannot be decoded."""
+    """An image file is missing or cannot be decoded."""
 
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode an image fully, apply its EXIF orientation and convert it to RGB.
 
-    Grayscale, palette, CMYK and RGBA files become 3-channel RGB.
+    Grayscale, palette, CMYK and RGBA files become 3-channel RGB. The file's content decides
+    its format, so a PNG named `.jpg` decodes as a PNG.
 
     Raises:
-        BadImageError: the file is missing, empty, truncated or not an image.
+        BadImageError: the file is missing, empty, truncated, too large or not an image.
     """
     path = Path(path)
+    if not path.is_file():
+        raise BadImageError(f"{path}: image file not found")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns between MAX_IMAGE_PIXELS and twice that, but MAX_PIXELS decides here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
-                    raise BadImageError(f"{path}: {image.width}x{image.height} pixels is too large")
+                    raise BadImageError(
+                        f"{path}: {image.width}x{image.height} pixels is more than the "
+                        f"{MAX_PIXELS / 1e6:.0f} MP limit"
+                    )
                 image.load()
                 image = ImageOps.exif_transpose(image)
                 return image.convert("RGB")
@@ -47,7 +54,6 @@ def load_rgb(path: str | Path) -> Image.Image:
         SyntaxError,
         ValueError,
         Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
     ) as error:
         raise BadImageError(f"{path}: {error}") from error
 

@@ -106,10 +106,12 @@ def prepare(config: Config) -> dict:
         (path, result) for path, result in zip(frame["path"], results) if isinstance(result, str)
     ]
     if bad and config.dataset.on_bad_image == "fail":
-        path, reason = bad[0]
+        shown = "; ".join(reason for _, reason in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise BadImageError(
-            f"{len(bad)} image(s) cannot be decoded; the first is {reason}. Replace the file, "
-            "or set dataset.on_bad_image: skip to leave such images out of every stage."
+            f"{len(bad)} image(s) are missing or cannot be decoded: {shown}{more}. Replace "
+            "the files, or set dataset.on_bad_image: skip to leave such images out of every "
+            "stage."
         )
     for path, reason in bad:
         log.warning("skipped bad image %s", reason)

@@ -107,7 +107,7 @@ def run_section(report: Report, pseudo: dict, train: dict) -> None:
     if dataset["max_images"]:
         extras.append(f"at most {dataset['max_images']} images per split")
     if dataset.get("skipped_bad_images"):
-        extras.append(f"{len(dataset['skipped_bad_images'])} undecodable images skipped")
+        extras.append(f"{len(dataset['skipped_bad_images'])} undecodable or missing images skipped")
     if dataset.get("missing_images"):
         extras.append(f"{dataset['missing_images']} listed images missing on disk")
     report.add(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from repro import io, paths
+from repro.clip_cache import CacheError
 from repro.clip_model import UnsafeCheckpointError, WeightsUnavailableError
 from repro.config import Config, ConfigError, load_config
 from repro.datasets import DatasetError
@@ -30,6 +31,7 @@ USER_ERRORS = (
     DiskSpaceError,
     WeightsUnavailableError,
     UnsafeCheckpointError,
+    CacheError,
     FileNotFoundError,
 )
 

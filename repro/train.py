@@ -6,7 +6,9 @@ ground truth and the classifier's mAP on the evaluation split; the epoch with th
 evaluation mAP is reported separately and labelled as selected with ground truth.
 
 Training state is saved after every epoch outside DVC's outputs, so a killed run resumes at
-the next epoch and ends with the same result as an uninterrupted one.
+the next epoch and ends with the same result as an uninterrupted one. The outputs (models/,
+the refined labels, the DVCLive folder, the metrics) are written into a staging folder
+beside that state and renamed into place at the end, so none of them is ever half written.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,12 +31,14 @@ from repro import io, paths, stage
 from repro.classifier import ImageDataset, build_classifier, predict
 from repro.clip_model import resolve_device
 from repro.config import RANDOM_WEIGHTS_NOTE, Config
+from repro.datasets import DatasetError
 from repro.label_update import PseudoLabels, is_update_epoch
 from repro.losses import LOSSES
 
 log = logging.getLogger(__name__)
 
 RESUME_DIR = paths.EMBED_WORK.parent / "train"
+STAGING_DIR = RESUME_DIR / "outputs"
 
 
 def seed_everything(seed: int) -> None:
@@ -41,13 +47,22 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def run_fingerprint(config: Config, image_ids: list[str], initial: np.ndarray) -> str:
+def run_fingerprint(
+    config: Config, image_ids: list[str], initial: np.ndarray, eval_ids: list[str]
+) -> str:
+    """Hash of everything a saved epoch depends on; a resumed run must match it."""
     digest = hashlib.sha256(
         json.dumps(
-            {"train": config.to_dict()["train"], "seed": config.seed}, sort_keys=True
+            {
+                "train": config.to_dict()["train"],
+                "seed": config.seed,
+                "eval_batch_size": config.eval.batch_size,
+            },
+            sort_keys=True,
         ).encode()
     )
     digest.update("\n".join(image_ids).encode())
+    digest.update(b"\0eval\0" + "\n".join(eval_ids).encode())
     digest.update(np.ascontiguousarray(initial, dtype=np.float32).tobytes())
     return digest.hexdigest()[:16]
 
@@ -98,6 +113,11 @@ def train(config: Config) -> dict:
     eval_index = index[index["split"] == "eval"]
     pseudo = pd.read_parquet(paths.PSEUDO_LABELS).set_index("image_id")
     image_ids = train_index["image_id"].tolist()
+    if len(image_ids) < 2:
+        raise DatasetError(
+            f"the train split has {len(image_ids)} image(s), but the classifier's batch norm "
+            "needs at least 2. Add images to the train split or lower dataset.holdout."
+        )
     initial = pseudo.loc[image_ids, classes].to_numpy(dtype=np.float32)
     embed_info = io.read_json(paths.EMBEDDINGS / "manifest.json")
 
@@ -110,7 +130,7 @@ def train(config: Config) -> dict:
     history: list[dict] = []
     start_epoch = 0
 
-    key = run_fingerprint(config, image_ids, initial)
+    key = run_fingerprint(config, image_ids, initial, eval_index["image_id"].tolist())
     resume_file = RESUME_DIR / f"{key}.pt"
     if resume_file.is_file():
         state = torch.load(resume_file, map_location="cpu", weights_only=True)
@@ -124,11 +144,22 @@ def train(config: Config) -> dict:
         shutil.rmtree(RESUME_DIR)
 
     dataset = ImageDataset(train_index["path"].tolist(), cfg.image_size)
+    # Batch norm cannot train on a batch of one image, so when the last batch of an epoch
+    # would hold a single image, that image (a different one each epoch) sits the epoch out.
+    drop_last = len(dataset) % cfg.batch_size == 1
+    if drop_last:
+        log.info(
+            "%d train images leave one over train.batch_size = %d; each epoch skips that image",
+            len(dataset),
+            cfg.batch_size,
+        )
     eval_paths = eval_index["path"].tolist()
     eval_ids = eval_index["image_id"].tolist()
     initial_map = measure(initial, image_ids, classes)
 
-    with Live(dir=str(paths.TRAIN_LOG), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    shutil.rmtree(STAGING_DIR, ignore_errors=True)
+    live_dir = STAGING_DIR / paths.TRAIN_LOG.name
+    with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         for row in history:
             for name, value in row.items():
                 if name != "epoch" and value is not None:
@@ -142,6 +173,7 @@ def train(config: Config) -> dict:
                 batch_size=cfg.batch_size,
                 num_workers=cfg.num_workers,
                 sampler=RandomSampler(dataset, generator=generator),
+                drop_last=drop_last,
             )
             update = is_update_epoch(epoch, cfg.label_update.every, cfg.label_update.warmup)
             loss = train_epoch(
@@ -201,13 +233,24 @@ def train(config: Config) -> dict:
                 )
 
     write_outputs(
-        config, model, weights, labels, image_ids, classes, history, initial_map, embed_info
+        STAGING_DIR,
+        config,
+        model,
+        weights,
+        labels,
+        image_ids,
+        classes,
+        history,
+        initial_map,
+        embed_info,
     )
+    publish_outputs(STAGING_DIR)
     shutil.rmtree(RESUME_DIR, ignore_errors=True)
     return {"device": str(device), "epochs": cfg.epochs, "train_images": len(image_ids)}
 
 
 def write_outputs(
+    folder: Path,
     config: Config,
     model,
     weights: str,
@@ -232,13 +275,14 @@ def write_outputs(
         "clip_weights": embed_info["weights"],
         "note": note,
     }
-    with io.atomic_path(paths.CLASSIFIER) as tmp:
+    models = folder / paths.CLASSIFIER.parent.name
+    with io.atomic_path(models / paths.CLASSIFIER.name) as tmp:
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
-    io.write_json(paths.CLASSIFIER_INFO, classifier_info)
+    io.write_json(models / paths.CLASSIFIER_INFO.name, classifier_info)
 
     refined = pd.DataFrame(labels.values.numpy(), columns=classes)
     refined.insert(0, "image_id", image_ids)
-    io.write_parquet(paths.REFINED_LABELS, refined)
+    io.write_parquet(folder / paths.REFINED_LABELS.name, refined)
 
     evaluated = [row for row in history if row["eval/map"] is not None]
     best = max(evaluated, key=lambda row: row["eval/map"])
@@ -255,7 +299,29 @@ def write_outputs(
         "best_epoch": best["epoch"],
         "best_epoch_selection": "chosen on the evaluation split's ground truth; not the headline",
     }
-    io.write_json(paths.TRAIN_METRICS, summary)
+    io.write_json(folder / paths.TRAIN_METRICS.name, summary)
+
+
+def publish_outputs(folder: Path) -> None:
+    """Rename the outputs staged in `folder` to their final paths, the metrics file last.
+
+    Every rename is atomic, so each output path contains its previous complete version,
+    nothing, or the new version. A kill between two renames leaves the rest staged in
+    `folder`, and the next run rewrites all outputs from the last saved epoch.
+    """
+    moves = [
+        (folder / paths.CLASSIFIER.parent.name, paths.CLASSIFIER.parent),
+        (folder / paths.REFINED_LABELS.name, paths.REFINED_LABELS),
+        (folder / paths.TRAIN_LOG.name, paths.TRAIN_LOG),
+        (folder / paths.TRAIN_METRICS.name, paths.TRAIN_METRICS),
+    ]
+    for source, target in moves:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        io.remove_stale_temps(target)
+        if source.is_dir():
+            io.replace_dir(source, target)
+        else:
+            os.replace(source, target)
 
 
 def main() -> None:

@@ -3,16 +3,21 @@ folder, and a local HTTP server."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.server
 import os
+import shutil
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from repro.config import config_from_dict
+from tests import faulty_voc
 
 PROJECT = Path(__file__).resolve().parents[1]
 VOC_SAMPLE = Path(os.environ.get("REPRO_VOC_SAMPLE", PROJECT.parent / "shared/data/voc2007-sample"))
@@ -54,13 +59,18 @@ def project_params(**overrides) -> dict:
     return merge(merge(params, TINY_PARAMS), overrides)
 
 
-@pytest.fixture
-def voc_sample() -> Path:
+def require_voc_sample() -> Path:
+    """Return the VOC 2007 sample folder; skip the test (or fail it on CI) when it is missing."""
     if not (VOC_SAMPLE / "JPEGImages").is_dir():
         if os.environ.get("REPRO_REQUIRE_SAMPLE"):
             pytest.fail(f"the VOC 2007 sample is required but missing at {VOC_SAMPLE}")
         pytest.skip(f"VOC 2007 sample not found at {VOC_SAMPLE}; set REPRO_VOC_SAMPLE")
     return VOC_SAMPLE
+
+
+@pytest.fixture
+def voc_sample() -> Path:
+    return require_voc_sample()
 
 
 @pytest.fixture
@@ -100,14 +110,132 @@ def project_dir(tmp_path, monkeypatch):
     return folder
 
 
+def stage_env(**extra: str) -> dict[str, str]:
+    """Environment for a `python -m repro.<stage>` subprocess that imports this checkout."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
+    return env
+
+
+@contextlib.contextmanager
+def inside(folder: Path, **environment: str) -> Iterator[None]:
+    """Run the block with `folder` as the cwd and `environment` added to os.environ."""
+    saved_cwd = Path.cwd()
+    saved_env = {name: os.environ.get(name) for name in environment}
+    os.chdir(folder)
+    os.environ.update(environment)
+    try:
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_stages(folder: Path, names: list[str], **environment: str) -> None:
+    """Run pipeline stages in this process through `repro.stage.run`, as `python -m` does."""
+    from repro import ablate, aggregate, embed, evaluate, prepare, report, stage, tiling, train
+
+    bodies = {
+        "prepare": prepare.prepare,
+        "tile": tiling.tile,
+        "embed": embed.embed,
+        "aggregate": aggregate.aggregate,
+        "ablate": ablate.ablate,
+        "train": train.train,
+        "evaluate": evaluate.evaluate,
+        "report": report.report,
+    }
+    copy_registry(folder)
+    with inside(folder, **environment):
+        for name in names:
+            stage.run(name, bodies[name])
+
+
+def copy_registry(folder: Path) -> None:
+    """Copy experiments/ (claims, sweeps, paper setting) and results/experiments.json, which
+    the report stage reads, into a temp project folder."""
+    if not (folder / "experiments").exists():
+        shutil.copytree(
+            PROJECT / "experiments",
+            folder / "experiments",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    collected = folder / "results" / "experiments.json"
+    if not collected.exists():
+        collected.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT / "results" / "experiments.json", collected)
+
+
+ALL_STAGES = ["prepare", "tile", "embed", "aggregate", "ablate", "train", "evaluate", "report"]
+# Two images per embedding shard cut the faulty dataset's train split into nine shards.
+CHAIN_ENV = {"REPRO_EMBED_SHARD_IMAGES": "2"}
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A project folder on which every stage ran once, over the faulty VOC dataset."""
+
+    folder: Path
+    voc: faulty_voc.FaultyVoc
+    params: dict
+
+
+def chain_params(root: Path) -> dict:
+    """Tiny CPU params over the faulty dataset: official splits, bad images skipped.
+
+    The 17 train images make one batch of 16 per epoch (the seventeenth sits out, because a
+    batch of one cannot train batch norm), and two epochs give a run something to resume.
+    """
+    dataset = {
+        "root": str(root),
+        "holdout": None,
+        "max_images": None,
+        "on_bad_image": "skip",
+    }
+    return project_params(
+        dataset=dataset,
+        clip={"device": "cpu"},
+        train={"epochs": 2, "batch_size": 16, "device": "cpu"},
+    )
+
+
+@pytest.fixture(scope="session")
+def faulty_dataset(tmp_path_factory) -> faulty_voc.FaultyVoc:
+    """The faulty VOC dataset, built once; tests must not change it."""
+    sample = require_voc_sample()
+    return faulty_voc.build(tmp_path_factory.mktemp("faulty") / "VOC2007", sample)
+
+
+@pytest.fixture(scope="session")
+def faulty_chain(faulty_dataset, tmp_path_factory) -> Chain:
+    """Run prepare to report once on the faulty dataset; tests copy the folder to change it."""
+    voc = faulty_dataset
+    folder = tmp_path_factory.mktemp("chain")
+    params = chain_params(voc.root)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_stages(folder, ALL_STAGES, **CHAIN_ENV)
+    return Chain(folder, voc, params)
+
+
 class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files from `root`, honouring `Range: bytes=N-` unless `ranges` is off."""
+    """Serves files from `root`, honouring `Range: bytes=N-` unless `ranges` is off.
+
+    With `drop_after` set, a response announces its full length but the connection closes
+    after that many body bytes.
+    """
 
     root: Path
     ranges = True
+    drop_after: int | None = None
     seen_ranges: list
+    requests: list
 
     def do_GET(self):
+        self.requests.append(self.path)
         path = self.root / self.path.lstrip("/")
         if not path.is_file():
             self.send_error(404)
@@ -118,12 +246,19 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         if header and self.ranges:
             start = int(header.split("=")[1].split("-")[0])
             self.seen_ranges.append(start)
+            if start >= len(data):
+                self.send_error(416)
+                return
             self.send_response(206)
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
-        self.wfile.write(data[start:])
+        body = data[start:]
+        if self.drop_after is not None:
+            body = body[: self.drop_after]
+            self.close_connection = True
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
@@ -134,9 +269,11 @@ def server(tmp_path):
     """A 127.0.0.1 HTTP server; yields (folder it serves, base URL, handler class)."""
     root = tmp_path / "served"
     root.mkdir()
-    handler = type("Handler", (RangeHandler,), {"root": root, "seen_ranges": []})
+    handler = type("Handler", (RangeHandler,), {"root": root, "seen_ranges": [], "requests": []})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}", handler
     httpd.shutdown()

@@ -2,8 +2,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
+from repro.clip_model import resolve_device
 from repro.config import (
     Config,
     ConfigError,
@@ -12,7 +14,7 @@ from repro.config import (
     known_keys,
     load_config,
 )
-from tests.conftest import PROJECT, project_params
+from tests.conftest import PROJECT, project_params, stage_env
 
 
 def write_params(tmp_path, params) -> None:
@@ -49,6 +51,16 @@ def test_defaults_match_params_file():
             {"aggregation": {"aggregator": "median"}},
             ["aggregation.aggregator = 'median'", "'cdul'"],
         ),
+        ({"threshold": [0.2, 0.3]}, ["threshold = [0.2, 0.3]", "wrong type", "a number"]),
+        ({"train": {"lr": "1e-5"}}, ["train.lr = '1e-5'", "wrong type", "a number > 0.0"]),
+        ({"threshold": float("nan")}, ["threshold = nan", "a number in [0.0, 1.0]"]),
+        ({"seed": None}, ["seed is null", "an integer >= 0"]),
+        ({"tiling": {"grid": None}}, ["tiling.grid is null", "[1, 16]"]),
+        ({"clip": {"quick_gelu": "yes"}}, ["clip.quick_gelu = 'yes'", "true or false"]),
+        ({"prompts": {"templates": "a photo of a {}."}}, ["prompts.templates = ", "a list"]),
+        ({"clip": 3}, ["clip must be a mapping", "got 3"]),
+        ({"train": {"label_update": "often"}}, ["train.label_update must be a mapping"]),
+        ({"dataset": ["voc2007"]}, ["dataset must be a mapping"]),
     ],
 )
 def test_bad_value_names_key_value_and_range(override, expected):
@@ -66,6 +78,40 @@ def test_unknown_key_suggests_nearest():
 def test_unknown_nested_key_suggests_nearest():
     with pytest.raises(ConfigError, match="'clip.pretrain'.*'clip.pretrained'"):
         config_from_dict({"clip": {"pretrain": "openai"}})
+
+
+def test_misspelt_section_suggests_nearest():
+    with pytest.raises(ConfigError, match="unknown parameter 'tilling'.*'tiling'"):
+        config_from_dict({"tilling": {"grid": 3}})
+
+
+def test_null_allowed_where_declared():
+    config = config_from_dict(project_params(dataset={"holdout": None, "max_images": None}))
+    assert config.dataset.holdout is None
+
+
+def test_invalid_yaml_rejected(tmp_path):
+    (tmp_path / "params.yaml").write_text("threshold: [0.2\nseed: 0\n")
+    with pytest.raises(ConfigError, match="params.yaml is not valid YAML"):
+        load_config(tmp_path / "params.yaml")
+
+
+def test_params_not_a_mapping_rejected(tmp_path):
+    (tmp_path / "params.yaml").write_text("- threshold\n- seed\n")
+    with pytest.raises(ConfigError, match="params must be a mapping"):
+        load_config(tmp_path / "params.yaml")
+
+
+def test_missing_weights_file_rejected(tmp_path):
+    params = project_params(train={"weights": "models/resnet.pth"})
+    with pytest.raises(ConfigError, match="train.weights = 'models/resnet.pth' is neither"):
+        config_from_dict(params, check=True, base=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_device_without_cuda_rejected():
+    with pytest.raises(ConfigError, match="'cuda:0' was requested but CUDA is not available"):
+        resolve_device("cuda:0")
 
 
 def test_unknown_model_rejected(tmp_path):
@@ -120,6 +166,7 @@ def test_stage_stops_before_work_on_bad_param(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "repro.prepare"],
         cwd=tmp_path,
+        env=stage_env(),
         capture_output=True,
         text=True,
         timeout=120,

@@ -2,6 +2,7 @@ import hashlib
 import io
 import shutil
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,64 @@ def test_download_restarts_when_server_ignores_range(server, tmp_path):
     assert path.read_bytes() == data
 
 
+def test_dropped_connection_keeps_only_part(server, tmp_path):
+    root, url, handler = server
+    data = bytes(range(256)) * 400
+    (root / "file.bin").write_bytes(data)
+    handler.drop_after = 30_000
+    archive = Archive(f"{url}/file.bin", "file.bin", md5(data))
+    with pytest.raises(DownloadError, match="failed after 30.00 kB of 102.40 kB") as error:
+        download(archive, tmp_path)
+    assert "run the stage again to resume" in str(error.value)
+    assert not (tmp_path / "file.bin").exists()
+    assert (tmp_path / "file.bin.part").read_bytes() == data[:30_000]
+
+
+def test_dropped_connection_then_resume(server, tmp_path):
+    root, url, handler = server
+    data = bytes(range(256)) * 400
+    (root / "file.bin").write_bytes(data)
+    archive = Archive(f"{url}/file.bin", "file.bin", md5(data))
+    handler.drop_after = 30_000
+    with pytest.raises(DownloadError):
+        download(archive, tmp_path)
+    handler.drop_after = None
+    path = download(archive, tmp_path)
+    assert path.read_bytes() == data
+    assert handler.seen_ranges == [30_000]
+    assert not (tmp_path / "file.bin.part").exists()
+
+
+def test_complete_part_file_renamed_without_request(server, tmp_path):
+    root, url, handler = server
+    data = b"complete" * 100
+    (tmp_path / "file.bin.part").write_bytes(data)
+    path = download(Archive(f"{url}/file.bin", "file.bin", md5(data)), tmp_path)
+    assert path.read_bytes() == data
+    assert handler.requests == []
+
+
+def test_part_longer_than_file_restarts(server, tmp_path):
+    root, url, handler = server
+    data = b"abc" * 100
+    (root / "file.bin").write_bytes(data)
+    (tmp_path / "file.bin.part").write_bytes(b"x" * 1000)
+    path = download(Archive(f"{url}/file.bin", "file.bin", md5(data)), tmp_path)
+    assert path.read_bytes() == data
+    assert handler.seen_ranges == [1000]
+
+
+def test_download_checks_space_before_request(server, tmp_path):
+    root, url, handler = server
+    (root / "file.bin").write_bytes(b"x" * 10)
+    needed = shutil.disk_usage(tmp_path).free * 10
+    archive = Archive(f"{url}/file.bin", "file.bin", "0" * 32, needed)
+    with pytest.raises(DiskSpaceError, match="downloading file.bin needs .* GB in .* free"):
+        download(archive, tmp_path)
+    assert handler.requests == []
+    assert not (tmp_path / "file.bin.part").exists()
+
+
 def test_unreachable_url_explains_ways_out(tmp_path):
     archive = Archive("http://127.0.0.1:9/none.tar", "none.tar", "0" * 32)
     with pytest.raises(DownloadError, match="set dataset.root"):
@@ -120,6 +179,46 @@ def test_unsafe_archive_rejected(tmp_path, name, kind, link):
         extract(archive, target)
     assert not (tmp_path / "escape.txt").exists()
     assert list(target.iterdir()) == []
+
+
+def zip_with(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / "bad.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("fine.txt", "fine")
+        archive.writestr(zipfile.ZipInfo(name), "bad")
+    return path
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/tmp/absolute.txt", "a/../../escape.txt"])
+def test_unsafe_zip_rejected(tmp_path, name):
+    target = tmp_path / "out"
+    with pytest.raises(UnsafeArchiveError, match="outside"):
+        extract(zip_with(tmp_path, name), target)
+    assert not (tmp_path / "escape.txt").exists()
+    assert list(target.iterdir()) == []
+
+
+def test_extract_checks_space_first(tmp_path, monkeypatch):
+    archive = tmp_path / "data.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("data.bin")
+        info.size = 50_000
+        tar.addfile(info, io.BytesIO(b"x" * 50_000))
+    target = tmp_path / "out"
+    target.mkdir()
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=20_000))
+    with pytest.raises(DiskSpaceError, match=r"extracting data.tar needs 50.00 kB in .*20.00 kB"):
+        extract(archive, target)
+    assert list(target.iterdir()) == []
+
+
+def test_truncated_archive_reported(tmp_path, voc_sample):
+    archive = tmp_path / "VOC.tar"
+    data = build_voc_archive(voc_sample, archive, ["000006"])
+    archive.write_bytes(data[: len(data) // 3])
+    with pytest.raises(DownloadError, match="is not a readable tar or zip archive"):
+        extract(archive, tmp_path / "out")
 
 
 def test_free_space_message_gives_need(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -9,10 +10,20 @@ from repro import paths
 from repro.aggregate import aggregate
 from repro.clip_cache import EmbeddingCache, plan_shards
 from repro.clip_model import load_clip
-from repro.config import ClipConfig
-from repro.embed import ImageEncoder, cut_views, embed, fit_view
+from repro.config import ClipConfig, ConfigError, config_from_dict
+from repro.download import DiskSpaceError
+from repro.embed import (
+    SHARD_IMAGES_ENV,
+    ImageEncoder,
+    cut_views,
+    embed,
+    fingerprint,
+    fit_view,
+    shard_images,
+)
 from repro.prepare import prepare
 from repro.tiling import tile, view_boxes
+from tests.conftest import project_params
 
 
 def quadrant_image() -> torch.Tensor:
@@ -112,3 +123,32 @@ def test_pseudo_labels_ignore_ground_truth(workdir):
     assert before.equals(after)
     metrics = json.loads(paths.PSEUDO_METRICS.read_text())
     assert metrics["images"] == 8
+
+
+def test_embed_checks_free_space(workdir, monkeypatch):
+    config = workdir(dataset={"max_images": 2})
+    prepare(config)
+    tile(config)
+    usage = shutil.disk_usage(".")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    expected = r"the CLIP embedding cache \(20 views of 64 dims in fp16\) needs 2.56 kB"
+    with pytest.raises(DiskSpaceError, match=expected):
+        embed(config)
+    assert not paths.EMBEDDINGS.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_shard_size_variable_rejected(monkeypatch, value):
+    monkeypatch.setenv(SHARD_IMAGES_ENV, value)
+    with pytest.raises(ConfigError, match=f"{SHARD_IMAGES_ENV} = '{value}' is invalid"):
+        shard_images()
+
+
+def test_shard_size_changes_fingerprint():
+    config = config_from_dict(project_params())
+    clip = load_clip(config.clip, torch.device("cpu"))
+    ids = np.array(["a", "b"])
+    boxes = np.zeros((2, 10, 4), dtype=np.int64)
+    first = fingerprint(config, clip, ids, boxes, ["a.jpg", "b.jpg"], shard_size=1)
+    second = fingerprint(config, clip, ids, boxes, ["a.jpg", "b.jpg"], shard_size=2)
+    assert first != second

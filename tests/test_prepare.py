@@ -7,7 +7,9 @@ import pytest
 from repro import paths
 from repro.datasets import DatasetError
 from repro.datasets.voc import CLASSES, image_labels, read_objects
+from repro.images import BadImageError
 from repro.prepare import prepare
+from tests import faulty_voc
 
 # Image-level positives (objects with difficult=0) over all 402 images of the VOC 2007
 # sample, counted from the original XML files when the sample was assembled.
@@ -122,3 +124,59 @@ def test_image_without_objects_is_all_negative(tmp_path):
     row = image_labels(read_objects(xml), "positive", xml)
     assert (row == 0).all()
     assert row.dtype == np.int8
+
+
+def small_voc(root, sample, count: int = 4) -> list[str]:
+    """A VOC folder with `count` sample images: the first half trainval, the rest test."""
+    ids = faulty_voc.copy_sample(root, sample, count)
+    (root / "ImageSets/Main/trainval.txt").write_text("\n".join(ids[: count // 2]) + "\n")
+    (root / "ImageSets/Main/test.txt").write_text("\n".join(ids[count // 2 :]) + "\n")
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("xml", "message"),
+    [
+        ("<annotation><object>", "is not valid XML"),
+        (
+            "<annotation><object><name>unicorn</name></object></annotation>",
+            "names the unknown class 'unicorn'",
+        ),
+        (None, "is missing"),
+    ],
+)
+def test_bad_annotation_stops_prepare(workdir, tmp_path, voc_sample, xml, message):
+    root = tmp_path / "voc"
+    ids = small_voc(root, voc_sample)
+    broken = root / "Annotations" / f"{ids[-1]}.xml"
+    if xml is None:
+        broken.unlink()
+    else:
+        broken.write_text(xml)
+    config = workdir(dataset={"root": str(root), "holdout": None, "max_images": None})
+    with pytest.raises(DatasetError, match=message) as error:
+        prepare(config)
+    assert str(broken) in str(error.value)
+    assert not paths.PREPARED.exists()
+
+
+def voc_without_one_image(tmp_path, sample) -> tuple:
+    root = tmp_path / "voc"
+    ids = small_voc(root, sample)
+    (root / "JPEGImages" / f"{ids[0]}.jpg").unlink()
+    return root, ids
+
+
+def test_missing_image_fails(workdir, tmp_path, voc_sample):
+    root, ids = voc_without_one_image(tmp_path, voc_sample)
+    config = workdir(dataset={"root": str(root), "holdout": None, "max_images": None})
+    with pytest.raises(BadImageError, match=f"{ids[0]}.jpg: image file not found"):
+        prepare(config)
+    assert not paths.PREPARED.exists()
+
+
+def test_missing_image_skipped(workdir, tmp_path, voc_sample):
+    root, ids = voc_without_one_image(tmp_path, voc_sample)
+    dataset = {"root": str(root), "holdout": None, "max_images": None, "on_bad_image": "skip"}
+    assert prepare(workdir(dataset=dataset))["skipped_bad_images"] == 1
+    assert pd.read_parquet(paths.INDEX)["image_id"].tolist() == ids[1:]

@@ -1,0 +1,42 @@
+import os
+
+import pytest
+
+from repro import io
+
+
+def test_atomic_dir_replaces_folder(tmp_path):
+    target = tmp_path / "report"
+    target.mkdir()
+    (target / "old.md").write_text("old")
+    with io.atomic_dir(target) as folder:
+        (folder / "new.md").write_text("new")
+    assert sorted(os.listdir(target)) == ["new.md"]
+    assert sorted(os.listdir(tmp_path)) == ["report"]
+
+
+def test_atomic_dir_failure_keeps_old(tmp_path):
+    target = tmp_path / "report"
+    target.mkdir()
+    (target / "old.md").write_text("old")
+    with pytest.raises(RuntimeError), io.atomic_dir(target) as folder:
+        (folder / "new.md").write_text("half")
+        raise RuntimeError("killed")
+    assert sorted(os.listdir(target)) == ["old.md"]
+    assert sorted(os.listdir(tmp_path)) == ["report"]
+
+
+def test_stale_temps_removed_before_write(tmp_path):
+    (tmp_path / ".eval.json.abcd1234.tmp").write_text("half")
+    (tmp_path / ".report.x_y9z8w7.tmp").mkdir()
+    io.write_json(tmp_path / "eval.json", {"map": 1.0})
+    with io.atomic_dir(tmp_path / "report") as folder:
+        (folder / "report.md").write_text("text")
+    assert sorted(os.listdir(tmp_path)) == ["eval.json", "report"]
+
+
+def test_stale_temps_of_other_outputs_kept(tmp_path):
+    other = tmp_path / ".train.json.abcd1234.tmp"
+    other.write_text("being written")
+    io.remove_stale_temps(tmp_path / "train")
+    assert other.exists()
