@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -108,8 +109,22 @@ def replace_dir(source: str | Path, target: str | Path) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as JSON atomically; NaN and infinite floats become null, which JSON allows."""
+    text = json.dumps(
+        _finite(data), indent=2, sort_keys=False, default=_json_default, allow_nan=False
+    )
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+        tmp.write_text(text + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def read_json(path: str | Path) -> Any:

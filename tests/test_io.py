@@ -40,3 +40,19 @@ def test_stale_temps_of_other_outputs_kept(tmp_path):
     other.write_text("being written")
     io.remove_stale_temps(tmp_path / "train")
     assert other.exists()
+
+
+def test_write_json_turns_nan_into_null(tmp_path):
+    import json
+    import math
+
+    import numpy as np
+
+    from repro.io import write_json
+
+    path = tmp_path / "metrics.json"
+    write_json(path, {"map": float("nan"), "ci": [np.float32("inf"), 1.5], "n": 3})
+    data = json.loads(path.read_text(), parse_constant=lambda name: math.nan)
+    assert data["map"] is None
+    assert data["ci"] == [None, 1.5]
+    assert data["n"] == 3
