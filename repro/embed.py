@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,12 @@ from repro.tiling import boxes_from_tiles
 log = logging.getLogger(__name__)
 
 SHARD_IMAGES = 2048
+# Test-only override of SHARD_IMAGES, so small runs span several shards. Not a param: the
+# shard size changes neither the embeddings nor the cache's meaning.
+SHARD_IMAGES_ENV = "REPRO_SHARD_IMAGES"
+# A rank that has finished waits at a barrier for the slowest rank, which can be hours behind
+# (a large model on CPU, or a resumed run whose shards are unevenly done).
+DIST_TIMEOUT = timedelta(hours=24)
 INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
 
@@ -97,11 +104,35 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+def shard_images() -> int:
+    """Images per shard: SHARD_IMAGES, or the REPRO_SHARD_IMAGES override used by tests."""
+    raw = os.environ.get(SHARD_IMAGES_ENV)
+    if raw is None or raw == "":
+        return SHARD_IMAGES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(
+            f"{SHARD_IMAGES_ENV}={raw!r} is invalid; set it to a positive number of images "
+            "per shard, or unset it to use the default."
+        )
+    return value
+
+
 @dataclass
 class Distributed:
+    """This process's place in a `torchrun` launch; rank 0 of world 1 without one.
+
+    Ranks only exchange barriers and small per-rank figures, so they always talk over gloo
+    (CPU), whatever device encodes: that needs no NCCL set-up and works on CPU-only machines.
+    """
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False
 
     @classmethod
     def from_env(cls) -> Distributed:
@@ -111,9 +142,38 @@ class Distributed:
             int(os.environ.get("LOCAL_RANK", 0)),
         )
 
+    def start(self) -> None:
+        """Join the process group unless this is a single process or the caller already did."""
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="gloo", timeout=DIST_TIMEOUT)
+            self.owns_group = True
+
+    def stop(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def gather(self, item: dict) -> list[dict]:
+        """Gather every rank's `item` on every rank, in rank order."""
+        if self.world == 1:
+            return [item]
+        items: list = [None] * self.world
+        dist.all_gather_object(items, item)
+        return items
+
+
+def embed_device(name: str, dist_: Distributed) -> torch.device:
+    """Resolve the device param, putting each rank on its own GPU (LOCAL_RANK) under `torchrun`."""
+    device = resolve_device(name)
+    if device.type == "cuda" and dist_.world > 1:
+        device = torch.device("cuda", dist_.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 class ImageEncoder:
@@ -221,14 +281,33 @@ def encode_shard(
 
 
 def embed(config: Config) -> dict:
-    dist_ = Distributed.from_env()
-    if dist_.world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    device = resolve_device(config.clip.device)
-    if device.type == "cuda" and dist_.world > 1:
-        device = torch.device("cuda", dist_.local_rank)
+    """Embed every view of the training split into the cache; return the cost figures.
 
+    Returns:
+        The cost figures that `stage.run` writes into results/timing/embed.json. These
+        keys are stable, because the report's cost table reads them:
+
+        - device, world_size, threads (intra-op threads of rank 0), num_workers,
+          batch_views (views per forward pass).
+        - images: images in the cache.
+        - images_encoded, views_encoded: encoded by this run over all ranks. A resumed run
+          skips the shards that were already finished.
+        - encode_s: image encoding time of the slowest rank, without model loading and
+          text encoding.
+        - images_per_s, views_per_s: encoded / encode_s, or null when nothing was encoded.
+        - ranks: one entry per rank with rank, device, images_encoded, views_encoded,
+          encode_s and peak_rss_mb.
+    """
+    dist_ = Distributed.from_env()
+    dist_.start()
+    try:
+        return _embed(config, dist_)
+    finally:
+        dist_.stop()
+
+
+def _embed(config: Config, dist_: Distributed) -> dict:
+    device = embed_device(config.clip.device, dist_)
     index = pd.read_parquet(paths.INDEX)
     tiles = pd.read_parquet(paths.TILES)
     info = io.read_json(paths.DATASET_INFO)
@@ -250,7 +329,7 @@ def embed(config: Config) -> dict:
     encoder = ImageEncoder(clip, device, config.clip.precision)
     views = boxes.shape[1]
     batch_images = max(1, config.clip.batch_size // views)
-    shards = clip_cache.plan_shards(len(image_ids), SHARD_IMAGES)
+    shards = clip_cache.plan_shards(len(image_ids), shard_images())
     mine = [s for s in shards if s.number % dist_.world == dist_.rank]
     todo = [s for s in mine if not (work / s.file).is_file()]
     done_images = sum(s.stop - s.start for s in mine if s not in todo)
@@ -272,10 +351,19 @@ def embed(config: Config) -> dict:
                 config.clip.num_workers,
                 progress,
             )
-    encode_s = time.perf_counter() - started
-    encoded_views = sum(s.stop - s.start for s in todo) * views
+    encoded_images = sum(s.stop - s.start for s in todo)
+    mine_figures = {
+        "rank": dist_.rank,
+        "device": str(device),
+        "images_encoded": encoded_images,
+        "views_encoded": encoded_images * views,
+        "encode_s": round(time.perf_counter() - started, 3),
+        "peak_rss_mb": stage.peak_rss_mb(),
+    }
 
-    dist_.barrier()
+    # Every rank's shards are on disk once all ranks pass this point; only then rank 0
+    # may move them into the cache.
+    ranks = dist_.gather(mine_figures)
     if dist_.rank == 0:
         text = np.stack(
             [
@@ -287,18 +375,28 @@ def embed(config: Config) -> dict:
         )
         finalize(work, shards, image_ids, text, config, clip, key, views)
     dist_.barrier()
-    if dist_.world > 1:
-        dist.destroy_process_group()
+    return cost_figures(ranks, len(image_ids), config, batch_images * views)
 
+
+def cost_figures(ranks: list[dict], images: int, config: Config, batch_views: int) -> dict:
+    """Sum the per-rank encoding figures into the stage's cost figures (see `embed`)."""
+    images_encoded = sum(r["images_encoded"] for r in ranks)
+    views_encoded = sum(r["views_encoded"] for r in ranks)
+    encode_s = max(r["encode_s"] for r in ranks)
+    busy = encode_s > 0 and views_encoded > 0
     return {
-        "device": str(device),
-        "images": len(image_ids),
-        "views_encoded": encoded_views,
-        "encode_s": round(encode_s, 3),
-        "views_per_s": round(encoded_views / encode_s, 2)
-        if encode_s > 0 and encoded_views
-        else None,
-        "world_size": dist_.world,
+        "device": ranks[0]["device"],
+        "world_size": len(ranks),
+        "threads": torch.get_num_threads(),
+        "num_workers": config.clip.num_workers,
+        "batch_views": batch_views,
+        "images": images,
+        "images_encoded": images_encoded,
+        "views_encoded": views_encoded,
+        "encode_s": encode_s,
+        "images_per_s": round(images_encoded / encode_s, 3) if busy else None,
+        "views_per_s": round(views_encoded / encode_s, 2) if busy else None,
+        "ranks": ranks,
     }
 
 
