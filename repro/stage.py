@@ -70,9 +70,18 @@ def machine() -> dict:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB.
 
-    Child processes are left out on purpose: a forked DataLoader worker shares its parent's
-    pages, and Linux counts those shared pages again in the child's peak.
+    Linux: VmHWM of /proc/self/status. Not ru_maxrss, because Linux carries the parent's
+    peak over into ru_maxrss when a forked process starts a new program, so a stage started
+    by a large process (DVC, a test) would report that process's peak. Child processes are
+    left out: a forked DataLoader worker shares its parent's pages.
     """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        pass
     # ru_maxrss is in KiB on Linux and in bytes on macOS.
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)
