@@ -1,6 +1,7 @@
 """Cost figures of the stages, the shard-size override, and the blocked cosine product."""
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from repro import stage
 from repro.aggregate import cosine_similarities
 from repro.config import Config
-from repro.embed import SHARD_IMAGES, cost_figures, shard_images
+from repro.embed import SHARD_IMAGES, cost_figures, keep_buffers_on_heap, shard_images
 from tests.conftest import PROJECT
 
 
@@ -91,3 +92,10 @@ def test_cosine_reads_memory_map(tmp_path):
     classes = torch.eye(8)[:4]
     result = cosine_similarities(shard, classes)
     assert torch.equal(result, torch.from_numpy(shard[..., :4].astype(np.float32)))
+
+
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="the allocator setting exists only in glibc"
+)
+def test_buffers_kept_on_heap_on_glibc():
+    assert keep_buffers_on_heap()
