@@ -92,7 +92,7 @@ def machine(device: torch.device) -> dict:
 
 
 def load_average() -> float:
-    """The 1-minute load average: above the core count, other processes shared the CPU."""
+    """Return the 1-minute load average: above the core count, other jobs shared the CPU."""
     return round(os.getloadavg()[0], 2)
 
 
@@ -160,7 +160,7 @@ def view_gflops(model: torch.nn.Module, image_size: int, device: torch.device) -
     """FLOPs of the image tower on one view, in GFLOP, from torch's FlopCounterMode.
 
     Counted with autograd on: in inference mode torch's MultiheadAttention takes a fused
-    kernel that FlopCounterMode does not count, which hides a third of a ViT's FLOPs.
+    kernel that FlopCounterMode does not count, which hides about a third of ViT-B-32's FLOPs.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -177,7 +177,7 @@ def view_gflops(model: torch.nn.Module, image_size: int, device: torch.device) -
 def params_for(
     voc: Path, images: int, model: str, batch_size: int, num_workers: int, device: str
 ) -> dict:
-    """The project's params with `images` VOC test images as the training split."""
+    """Return the project's params with `images` VOC test images as the training split."""
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["dataset"].update(
         {
@@ -423,7 +423,7 @@ def write_synthetic_cache(
 
 
 def loop_pseudo_labels(cache: clip_cache.EmbeddingCache, config: Config, limit: int) -> np.ndarray:
-    """The final labels of the first `limit` images, one image at a time (the slow way)."""
+    """Compute the final labels of the first `limit` images one image at a time (the slow way)."""
     classes = class_embeddings(cache.text(config.prompts.class_names))
     scale = softmax_scale(cache.logit_scale, config.clip.temperature)
     rows = []
@@ -513,7 +513,7 @@ def stage_peak_rss(folder: Path, stage: str, env: dict | None = None) -> dict:
 
 
 def make_aggregate_project(folder: Path, images: int, views: int, dim: int) -> None:
-    """A project folder whose cache, class names and ground truth are synthetic."""
+    """Write a project folder whose cache, class names and ground truth are synthetic."""
     write_synthetic_cache(folder / paths.EMBEDDINGS, images, views, dim)
     names = [f"class{c}" for c in range(CLASSES)]
     prepared = folder / paths.PREPARED
@@ -645,7 +645,7 @@ def threshold_experiment(
 
 
 def stage_times(folder: Path) -> dict:
-    """Each stage's wall_s from results/timing (the stage's body, without interpreter start)."""
+    """Read each stage's wall_s from results/timing (its body, without the interpreter start)."""
     times = {}
     for path in sorted((folder / paths.STAGE_TIMES).glob("*.json")):
         figures = json.loads(path.read_text())
