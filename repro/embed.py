@@ -177,21 +177,25 @@ def keep_buffers_on_heap() -> bool:
 
     glibc serves an allocation above its mmap threshold (which adapts up to 32 MiB on 64-bit
     systems, says glibc's mallopt(3) manual) with a new memory map and unmaps it on free, so
-    every forward pass page-faults its large activations again. ViT-B-32 on 60 views, whose MLP activations are 37 MB, ran at 24
-    views/s on 2 cores this way and at 31 with the buffers kept (benchmarks/README.md). The
-    results are unchanged: only where the memory comes from differs. Returns whether the
-    setting took effect; other C libraries are left alone.
+    every forward pass page-faults its large activations again. ViT-B-32 on 60 views, whose
+    MLP activations are 37 MB each, ran at 24 views/s on 2 cores this way and at 31 with the
+    buffers kept (benchmarks/README.md). The embeddings are unchanged, because only the
+    place the memory comes from differs.
+
+    Returns:
+        Whether the setting took effect. Other C libraries are left alone.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
         return False
-    # Older glibc versions reject thresholds above 32 MiB, the largest they accept.
+    # Some glibc versions reject a threshold above 32 MiB, so 32 MiB is the fallback.
     threshold = next(
         (size for size in (HEAP_BUFFER_BYTES, 32 << 20) if mallopt(M_MMAP_THRESHOLD, size)), 0
     )
-    kept = bool(threshold) and bool(mallopt(M_TRIM_THRESHOLD, 2 * threshold))
+    # Without a trim threshold as high, free() would hand the heap's top back to the system.
+    kept = bool(threshold) and bool(mallopt(M_TRIM_THRESHOLD, threshold))
     log.debug("large buffers kept on the heap: %s", kept)
     return kept
 
