@@ -9,13 +9,16 @@ k mod world size.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,13 @@ SHARD_IMAGES = 2048
 # it sets how often a killed run saves progress, not what is embedded. Batches end at shard
 # boundaries, so it can change embeddings in their last bits, and the fingerprint includes it.
 SHARD_IMAGES_ENV = "REPRO_EMBED_SHARD_IMAGES"
+# A rank that has finished waits at a barrier for the slowest rank, which can be hours behind
+# (a large model on CPU, or a resumed run whose shards are unevenly done).
+DIST_TIMEOUT = timedelta(hours=24)
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+HEAP_BUFFER_BYTES = 1 << 30
 INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
 
@@ -105,9 +115,16 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 @dataclass
 class Distributed:
+    """This process's place in a `torchrun` launch; rank 0 of world 1 without one.
+
+    Ranks only exchange barriers and small per-rank figures, so they always talk over gloo
+    (CPU), whatever device encodes: that needs no NCCL set-up and works on CPU-only machines.
+    """
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owns_group: bool = False
 
     @classmethod
     def from_env(cls) -> Distributed:
@@ -117,9 +134,66 @@ class Distributed:
             int(os.environ.get("LOCAL_RANK", 0)),
         )
 
+    def start(self) -> None:
+        """Join the process group unless this is a single process or the caller already did."""
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="gloo", timeout=DIST_TIMEOUT)
+            self.owns_group = True
+
+    def stop(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    def gather(self, item: dict) -> list[dict]:
+        """Gather every rank's `item` on every rank, in rank order."""
+        if self.world == 1:
+            return [item]
+        items: list = [None] * self.world
+        dist.all_gather_object(items, item)
+        return items
+
+
+def keep_buffers_on_heap() -> bool:
+    """Make glibc reuse large freed buffers instead of mapping fresh memory for each one.
+
+    glibc serves an allocation above its mmap threshold (which adapts up to 32 MiB on 64-bit
+    systems, says glibc's mallopt(3) manual) with a new memory map and unmaps it on free, so
+    every forward pass page-faults its large activations again. ViT-B-32 on 60 views, whose
+    MLP activations are 37 MB each, ran at 24 views/s on 2 cores this way and at 31 with the
+    buffers kept (benchmarks/README.md). The embeddings are unchanged, because only the
+    place the memory comes from differs.
+
+    Returns:
+        Whether the setting took effect. Other C libraries are left alone.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
+        return False
+    # Some glibc versions reject a threshold above 32 MiB, so 32 MiB is the fallback.
+    threshold = next(
+        (size for size in (HEAP_BUFFER_BYTES, 32 << 20) if mallopt(M_MMAP_THRESHOLD, size)), 0
+    )
+    # Without a trim threshold as high, free() would hand the heap's top back to the system.
+    kept = bool(threshold) and bool(mallopt(M_TRIM_THRESHOLD, threshold))
+    log.debug("large buffers kept on the heap: %s", kept)
+    return kept
+
+
+def embed_device(name: str, dist_: Distributed) -> torch.device:
+    """Resolve the device param, putting each rank on its own GPU (LOCAL_RANK) under `torchrun`."""
+    device = resolve_device(name)
+    if device.type == "cuda" and dist_.world > 1:
+        device = torch.device("cuda", dist_.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 class ImageEncoder:
@@ -153,7 +227,7 @@ class ImageEncoder:
 def shard_images() -> int:
     """Images per shard: SHARD_IMAGES, or the value of the SHARD_IMAGES_ENV variable."""
     raw = os.environ.get(SHARD_IMAGES_ENV)
-    if raw is None:
+    if raw is None or raw == "":
         return SHARD_IMAGES
     if not raw.strip().isdigit() or int(raw) < 1:
         raise ConfigError(
@@ -263,14 +337,37 @@ def encode_shard(
 
 
 def embed(config: Config) -> dict:
-    dist_ = Distributed.from_env()
-    if dist_.world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    device = resolve_device(config.clip.device)
-    if device.type == "cuda" and dist_.world > 1:
-        device = torch.device("cuda", dist_.local_rank)
+    """Embed every view of the training split into the cache; return the cost figures.
 
+    Returns:
+        The cost figures that `stage.run` writes into results/timing/embed.json. These
+        keys are stable, because the report's cost table reads them:
+
+        - device, world_size, threads (intra-op threads of rank 0), num_workers,
+          batch_views (views per forward pass).
+        - images: images in the cache.
+        - images_encoded, views_encoded: encoded by this run over all ranks. A resumed run
+          skips the shards that were already finished.
+        - encode_s: image encoding time of the slowest rank, without model loading and
+          text encoding.
+        - encode_cpu_s: CPU seconds of the image encoding, all threads and finished
+          DataLoader workers of all ranks.
+        - images_per_s, views_per_s: encoded / encode_s, or null when nothing was encoded.
+        - ranks: one entry per rank with rank, device, images_encoded, views_encoded,
+          encode_s, encode_cpu_s and peak_rss_mb.
+    """
+    dist_ = Distributed.from_env()
+    dist_.start()
+    try:
+        return _embed(config, dist_)
+    finally:
+        dist_.stop()
+
+
+def _embed(config: Config, dist_: Distributed) -> dict:
+    device = embed_device(config.clip.device, dist_)
+    if device.type == "cpu":
+        keep_buffers_on_heap()
     index = pd.read_parquet(paths.INDEX)
     tiles = pd.read_parquet(paths.TILES)
     info = io.read_json(paths.DATASET_INFO)
@@ -300,6 +397,7 @@ def embed(config: Config) -> dict:
     check_cache_space(clip, device, work, sum(s.stop - s.start for s in todo) * views)
 
     started = time.perf_counter()
+    cpu_started = stage.cpu_seconds()
     with tqdm(
         total=sum(s.stop - s.start for s in mine),
         initial=done_images,
@@ -316,10 +414,20 @@ def embed(config: Config) -> dict:
                 config.clip.num_workers,
                 progress,
             )
-    encode_s = time.perf_counter() - started
-    encoded_views = sum(s.stop - s.start for s in todo) * views
+    encoded_images = sum(s.stop - s.start for s in todo)
+    mine_figures = {
+        "rank": dist_.rank,
+        "device": str(device),
+        "images_encoded": encoded_images,
+        "views_encoded": encoded_images * views,
+        "encode_s": round(time.perf_counter() - started, 3),
+        "encode_cpu_s": round(stage.cpu_seconds() - cpu_started, 3),
+        "peak_rss_mb": stage.peak_rss_mb(),
+    }
 
-    dist_.barrier()
+    # Every rank's shards are on disk once all ranks pass this point; only then rank 0
+    # may move them into the cache.
+    ranks = dist_.gather(mine_figures)
     if dist_.rank == 0:
         text = np.stack(
             [
@@ -331,18 +439,29 @@ def embed(config: Config) -> dict:
         )
         finalize(work, shards, image_ids, text, config, clip, key, views)
     dist_.barrier()
-    if dist_.world > 1:
-        dist.destroy_process_group()
+    return cost_figures(ranks, len(image_ids), config, batch_images * views)
 
+
+def cost_figures(ranks: list[dict], images: int, config: Config, batch_views: int) -> dict:
+    """Sum the per-rank encoding figures into the stage's cost figures (see `embed`)."""
+    images_encoded = sum(r["images_encoded"] for r in ranks)
+    views_encoded = sum(r["views_encoded"] for r in ranks)
+    encode_s = max(r["encode_s"] for r in ranks)
+    busy = encode_s > 0 and views_encoded > 0
     return {
-        "device": str(device),
-        "images": len(image_ids),
-        "views_encoded": encoded_views,
-        "encode_s": round(encode_s, 3),
-        "views_per_s": round(encoded_views / encode_s, 2)
-        if encode_s > 0 and encoded_views
-        else None,
-        "world_size": dist_.world,
+        "device": ranks[0]["device"],
+        "world_size": len(ranks),
+        "threads": torch.get_num_threads(),
+        "num_workers": config.clip.num_workers,
+        "batch_views": batch_views,
+        "images": images,
+        "images_encoded": images_encoded,
+        "views_encoded": views_encoded,
+        "encode_s": encode_s,
+        "encode_cpu_s": round(sum(r.get("encode_cpu_s", 0.0) for r in ranks), 3),
+        "images_per_s": round(images_encoded / encode_s, 3) if busy else None,
+        "views_per_s": round(views_encoded / encode_s, 2) if busy else None,
+        "ranks": ranks,
     }
 
 

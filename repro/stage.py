@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -43,22 +44,73 @@ def setup_logging() -> None:
     )
 
 
+def cpu_model() -> str:
+    """Return the processor's model name from /proc/cpuinfo, else from `platform`."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     """Describe where a stage ran, for the cost table and the report's provenance."""
-    info = {"host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    info = {
+        "host": platform.node(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
 
 
-def run(name: str, body: Callable[[Config], dict | None]) -> None:
-    """Load and check the config, run `body`, and record the stage's wall time.
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB.
 
-    `body` may return a dict of extra cost figures (views per second, device), which is
-    written with the wall time to results/timing/<name>.json.
+    Linux: VmHWM of /proc/self/status. Not ru_maxrss, because Linux carries the parent's
+    peak over into ru_maxrss when a forked process starts a new program, so a stage started
+    by a large process (DVC, a test) would report that process's peak. Child processes are
+    left out: a forked DataLoader worker shares its parent's pages.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    # ru_maxrss is in KiB on Linux and in bytes on macOS.
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale, 1)
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process and its finished children."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
+
+
+def run(name: str, body: Callable[[Config], dict | None]) -> None:
+    """Load and check the config, run `body`, and record the stage's cost.
+
+    results/timing/<name>.json holds, in this order: stage, wall_s (config check and body,
+    without the interpreter's start and imports), cpu_s (user + system CPU seconds of this
+    process and its finished children over the same span), peak_rss_mb (peak resident
+    memory of this process since it started, in MiB), then the figures that `body` returns (embed's are listed in `repro.embed.embed`), then machine
+    (host, cpu, cpus, threads, torch, and gpu where CUDA is available). Under `torchrun`
+    only rank 0 writes it.
     """
     setup_logging()
     started = time.perf_counter()
+    cpu_started = cpu_seconds()
     try:
         config = load_config()
         extra = body(config) or {}
@@ -70,7 +122,10 @@ def run(name: str, body: Callable[[Config], dict | None]) -> None:
     log.info("%s finished in %.1f s", name, wall)
     if int(os.environ.get("RANK", 0)) != 0:
         return
-    io.write_json(
-        paths.STAGE_TIMES / f"{name}.json",
-        {"stage": name, "wall_s": round(wall, 3), **extra, "machine": machine()},
-    )
+    figures = {
+        "stage": name,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu_seconds() - cpu_started, 3),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    io.write_json(paths.STAGE_TIMES / f"{name}.json", {**figures, **extra, "machine": machine()})
