@@ -50,7 +50,10 @@ from repro.stage import cpu_model  # noqa: E402
 
 VOC_SAMPLE = Path(os.environ.get("REPRO_VOC_SAMPLE", PROJECT.parent / "shared/data/voc2007-sample"))
 # Files a copy of the project needs to run `dvc repro`.
-PROJECT_FILES = ["repro", "dvc.yaml", ".gitignore", ".dvcignore", "pyproject.toml", "params.yaml"]
+PROJECT_FILES = [
+    "repro", "experiments", "results/experiments.json", "dvc.yaml", ".gitignore", ".dvcignore",
+    "pyproject.toml", "params.yaml",
+]
 # Small classifier settings for the threshold experiment, so that CLIP dominates a full run.
 # NOTE: repro.train keeps a last batch of one image, which BatchNorm rejects in training
 # mode; 16 avoids that for the 201 training images of the VOC sample at holdout 0.5.
@@ -586,6 +589,7 @@ def threshold_experiment(
 ) -> dict:
     """Wall time of `dvc exp run -S threshold=0.5` as a share of a full `dvc repro` (e)."""
     for name in PROJECT_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         source = PROJECT / name
         if source.is_dir():
             shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
