@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from repro.config import flatten_params
+
 log = logging.getLogger("experiments")
 
 DEFINITIONS = Path("experiments/experiments.yaml")
@@ -102,16 +104,6 @@ def wait_for_queue(poll_s: float) -> None:
         time.sleep(poll_s)
 
 
-def flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def collect(runs: dict[str, str]) -> dict:
     """Read params and metrics of the named experiments from `dvc exp show --json`."""
     rows = json.loads(dvc("exp", "show", "--json") or "[]")
@@ -123,7 +115,7 @@ def collect(runs: dict[str, str]) -> dict:
                 continue
             revision = (experiment.get("revs") or [{}])[0]
             data = revision.get("data") or {}
-            params = flatten(
+            params = flatten_params(
                 ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
             )
             metrics = {}

@@ -205,6 +205,17 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def flatten_params(data: dict, prefix: str = "") -> dict:
+    """Flatten nested params into dotted keys: {"train": {"lr": 1}} -> {"train.lr": 1}."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def known_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """List every dotted key of a config dataclass, sections included."""
     keys = []

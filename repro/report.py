@@ -17,7 +17,7 @@ import yaml
 from repro import io, paths, stage
 from repro import report_figures as figures
 from repro.claims import claims_table, load_claims, load_evidence
-from repro.config import RANDOM_WEIGHTS_NOTE, Config
+from repro.config import RANDOM_WEIGHTS_NOTE, Config, flatten_params
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +439,7 @@ def cost_section(report: Report) -> None:
 def deviations_section(report: Report) -> None:
     """List the params that differ from CDUL's known setting, and those CDUL does not state."""
     paper = yaml.safe_load(PAPER_SETTING.read_text()) if PAPER_SETTING.is_file() else {}
-    flat = _flatten(report.config.to_dict())
+    flat = flatten_params(report.config.to_dict())
     differs, unknown = [], []
     for key, entry in (paper.get("settings") or {}).items():
         value = flat.get(key)
@@ -474,16 +474,6 @@ def deviations_section(report: Report) -> None:
         *[f"- {item}" for item in (paper.get("fixed") or [])],
         "",
     )
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def build_report(config: Config, folder: Path) -> str:
