@@ -98,5 +98,5 @@ class EmbeddingCache:
             yield shard, self.shard(shard)
 
     def load_all(self) -> np.ndarray:
-        """All image embeddings as one (images, views, dim) float16 array in memory."""
+        """Load all image embeddings as one (images, views, dim) float16 array in memory."""
         return np.concatenate([self.shard(shard) for shard in self.shards], axis=0)

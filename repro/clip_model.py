@@ -27,7 +27,7 @@ class WeightsUnavailableError(RuntimeError):
 
 
 class UnsafeCheckpointError(RuntimeError):
-    """A checkpoint holds pickled Python objects instead of plain tensors."""
+    """A checkpoint contains pickled Python objects instead of plain tensors."""
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ def gaussian_weight(y: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def is_update_epoch(epoch: int, every: int, warmup: int) -> bool:
-    """Whether labels move during 0-based `epoch`: after `warmup` epochs, every `every`-th epoch."""
+    """Return whether labels move in 0-based `epoch`: every `every`-th epoch after `warmup` epochs."""
     number = epoch + 1
     return every > 0 and number > warmup and number % every == 0
 

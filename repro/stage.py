@@ -22,7 +22,7 @@ from repro.images import BadImageError
 
 log = logging.getLogger(__name__)
 
-# Errors whose message already says what failed and what to do: shown without a traceback.
+# Errors whose message already states what failed and what to do, so no traceback is shown.
 USER_ERRORS = (
     ConfigError,
     DatasetError,

@@ -57,7 +57,7 @@ def view_boxes(width: np.ndarray, height: np.ndarray, grid: int, overlap: float)
 
 
 def tile_index(index: pd.DataFrame, grid: int, overlap: float) -> pd.DataFrame:
-    """One row per (image, view) with its box, in index order."""
+    """Return one row per (image, view) with its box, in index order."""
     boxes = view_boxes(index["width"].to_numpy(), index["height"].to_numpy(), grid, overlap)
     n, views, _ = boxes.shape
     frame = pd.DataFrame(boxes.reshape(-1, 4), columns=BOX_COLUMNS)

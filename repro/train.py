@@ -1,9 +1,9 @@
 """Stage train: the classifier on the pseudo labels, with gradient alignment of the labels.
 
-The headline model is the last epoch's, chosen without ground truth. Per epoch the stage
-also measures, for the report only, the pseudo labels' mAP against the training images'
-ground truth and the classifier's mAP on the evaluation split; the epoch with the best
-evaluation mAP is reported separately and labelled as selected with ground truth.
+The headline model is the last epoch's, chosen without ground truth. For the report only,
+each epoch also measures the pseudo labels' mAP against the training images' ground truth
+and the classifier's mAP on the evaluation split. The epoch with the best evaluation mAP is
+reported separately and labelled as selected with ground truth.
 
 Training state is saved after every epoch outside DVC's outputs, so a killed run resumes at
 the next epoch and ends with the same result as an uninterrupted one. The outputs (models/,

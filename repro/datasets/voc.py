@@ -127,7 +127,7 @@ def image_labels(objects: list[tuple[str, bool]], difficult: str, source: Path) 
     """Turn one image's objects into a label row.
 
     A class with a non-difficult instance is positive. A class seen only as 'difficult' is
-    positive, negative or ignored, as `difficult` says.
+    positive, negative or ignored, as the `difficult` argument sets.
     """
     row = np.full(len(CLASSES), NEGATIVE, dtype=np.int8)
     only_difficult = {"positive": POSITIVE, "negative": NEGATIVE, "ignore": IGNORE}
