@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.collect_only:
         queue(runs, args.set)
+        log.info(
+            "running %d experiments; `dvc queue status` in another shell shows progress", len(runs)
+        )
         dvc("queue", "start", "-j", str(args.jobs))
         wait_for_queue(args.poll)
 
