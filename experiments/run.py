@@ -19,6 +19,7 @@ import json
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -87,6 +88,21 @@ def queue(runs: list[tuple[str, str, dict]], extra: list[str]) -> None:
             args += ["-S", item]
         dvc(*args)
         log.info("queued %s", run_name)
+
+
+def start_queue(jobs: int) -> None:
+    """Start `jobs` DVC queue workers in the background.
+
+    The workers inherit the command's output streams. With pipes, as `dvc` above uses, the
+    call would only return when the last worker exits, and an idle worker can stay up, so
+    the output goes to a temporary file instead.
+    """
+    command = [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)]
+    with tempfile.TemporaryFile(mode="w+") as output:
+        result = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            output.seek(0)
+            raise RuntimeError(f"`dvc queue start -j {jobs}` failed:\n{output.read()}")
 
 
 def wait_for_queue(poll_s: float) -> None:
@@ -204,8 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info(
             "running %d experiments; `dvc queue status` in another shell shows progress", len(runs)
         )
-        dvc("queue", "start", "-j", str(args.jobs))
+        start_queue(args.jobs)
         wait_for_queue(args.poll)
+        dvc("queue", "stop", check=False)  # idle workers would otherwise stay up
 
     records = collect({run_name: name for run_name, name, _ in runs})
     write_output(records)

@@ -364,7 +364,7 @@ def experiments_section(report: Report, evaluation: dict, pseudo: dict) -> None:
             "description",
             "params changed",
             "classifier mAP (eval)",
-            "pseudo-label mAP (train)",
+            "initial pseudo-label mAP (train)",
             "runs",
         ],
     )
