@@ -8,6 +8,8 @@ import copy
 import http.server
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,10 +55,30 @@ def merge(base: dict, override: dict) -> dict:
     return result
 
 
+def committed_params_text() -> str:
+    """params.yaml as committed, so that experiments a user ran in the workspace (which
+    rewrite params.yaml) do not change what the tests run with."""
+    result = subprocess.run(
+        ["git", "show", "HEAD:params.yaml"], cwd=PROJECT, capture_output=True, text=True
+    )
+    return result.stdout if result.returncode == 0 else (PROJECT / "params.yaml").read_text()
+
+
 def project_params(**overrides) -> dict:
-    """The project's params.yaml with the tiny settings and `overrides` merged in."""
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    """The committed params.yaml with the tiny settings and `overrides` merged in."""
+    params = yaml.safe_load(committed_params_text())
     return merge(merge(params, TINY_PARAMS), overrides)
+
+
+def venv_env(**extra: str) -> dict[str, str]:
+    """os.environ with this interpreter's folder first on PATH.
+
+    DVC runs each stage's `python -m repro.<stage>` through PATH, so without this a test run
+    as `.venv/bin/python -m pytest` outside an activated virtualenv would start the system
+    Python.
+    """
+    path = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), os.environ.get("PATH")]))
+    return dict(os.environ, PATH=path, **extra)
 
 
 def require_voc_sample() -> Path:
@@ -112,7 +134,7 @@ def project_dir(tmp_path, monkeypatch):
 
 def stage_env(**extra: str) -> dict[str, str]:
     """Environment for a `python -m repro.<stage>` subprocess that imports this checkout."""
-    env = dict(os.environ, **extra)
+    env = venv_env(**extra)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT), env.get("PYTHONPATH")]))
     return env
 

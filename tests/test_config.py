@@ -14,23 +14,30 @@ from repro.config import (
     known_keys,
     load_config,
 )
-from tests.conftest import PROJECT, project_params, stage_env
+from tests.conftest import committed_params_text, project_params, stage_env
+
+
+def committed_config(tmp_path):
+    """The committed params.yaml, loaded without the file-system checks."""
+    path = tmp_path / "committed.yaml"
+    path.write_text(committed_params_text())
+    return load_config(path, check=False)
 
 
 def write_params(tmp_path, params) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-def test_project_params_load():
-    config = load_config(PROJECT / "params.yaml", check=False)
+def test_project_params_load(tmp_path):
+    config = committed_config(tmp_path)
     assert config.threshold == 0.2
     assert config.clip.model == "RN50x64"
     assert config.clip.pretrained == "openai"
     assert config.tiling.grid == 3
 
 
-def test_defaults_match_params_file():
-    from_file = load_config(PROJECT / "params.yaml", check=False).to_dict()
+def test_defaults_match_params_file(tmp_path):
+    from_file = committed_config(tmp_path).to_dict()
     assert from_file == Config().to_dict()
 
 

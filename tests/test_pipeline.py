@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import PROJECT, project_params
+from tests.conftest import PROJECT, project_params, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,9 @@ PROJECT_FILES = [
 def run(command: list[str], cwd, timeout=900) -> str:
     if command[0] == "dvc":  # the DVC of this interpreter, whether or not it is on PATH
         command = [sys.executable, "-m", "dvc", *command[1:]]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=venv_env()
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{output[-4000:]}"
     return output
