@@ -51,8 +51,14 @@ from repro.stage import cpu_model  # noqa: E402
 VOC_SAMPLE = Path(os.environ.get("REPRO_VOC_SAMPLE", PROJECT.parent / "shared/data/voc2007-sample"))
 # Files a copy of the project needs to run `dvc repro`.
 PROJECT_FILES = [
-    "repro", "experiments", "results/experiments.json", "dvc.yaml", ".gitignore", ".dvcignore",
-    "pyproject.toml", "params.yaml",
+    "repro",
+    "experiments",
+    "results/experiments.json",
+    "dvc.yaml",
+    ".gitignore",
+    ".dvcignore",
+    "pyproject.toml",
+    "params.yaml",
 ]
 # Small classifier settings for the threshold experiment, so that CLIP dominates a full run.
 # NOTE: repro.train keeps a last batch of one image, which BatchNorm rejects in training

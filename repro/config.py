@@ -89,6 +89,9 @@ class ClipConfig:
     num_workers: int = spec(2, low=0, doc="DataLoader worker processes that decode images")
     device: str = spec("auto", doc="auto, cpu, cuda or cuda:N")
     precision: str = spec("auto", choices=("auto", "fp32", "fp16", "bf16"), doc="autocast dtype")
+    processes: int = spec(
+        1, low=1, doc="embed processes on this machine, one per GPU, started through torchrun"
+    )
 
 
 # "a photo of a {}." first (the public reproduction's only template), then the 7-template

@@ -16,6 +16,9 @@ import logging
 import os
 import platform
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -52,6 +55,7 @@ DIST_TIMEOUT = timedelta(hours=24)
 # glibc's mallopt parameters (malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+PR_SET_PDEATHSIG = 1  # prctl(2)
 HEAP_BUFFER_BYTES = 1 << 30
 INTERPOLATIONS = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR}
 
@@ -356,12 +360,68 @@ def embed(config: Config) -> dict:
         - ranks: one entry per rank with rank, device, images_encoded, views_encoded,
           encode_s, encode_cpu_s and peak_rss_mb.
     """
+    if config.clip.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_ranks(config)
     dist_ = Distributed.from_env()
     dist_.start()
     try:
         return _embed(config, dist_)
     finally:
         dist_.stop()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this (forked) process when its parent dies."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def launch_ranks(config: Config) -> dict:
+    """Run this stage as `clip.processes` ranks under torchrun and return their cost figures.
+
+    This process sends torchrun SIGTERM when interrupted, and torchrun then terminates its
+    workers. On Linux, torchrun also gets SIGTERM if this process is killed outright.
+    """
+    processes = config.clip.processes
+    device = resolve_device(config.clip.device)
+    if device.type == "cuda" and processes > torch.cuda.device_count():
+        raise ConfigError(
+            f"clip.processes = {processes}, but this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s): set clip.processes to at most "
+            "that, one process per GPU"
+        )
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "repro.embed",
+    ]
+    timing = paths.STAGE_TIMES / "embed.json"
+    timing.unlink(missing_ok=True)
+    log.info("starting %d embed processes: %s", processes, " ".join(command))
+    linux = sys.platform.startswith("linux")
+    launcher = subprocess.Popen(command, preexec_fn=_die_with_parent if linux else None)
+    try:
+        code = launcher.wait()
+    except BaseException:
+        launcher.terminate()
+        try:
+            launcher.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+        raise
+    if code != 0:
+        log.error(
+            "embed failed: torchrun exited with code %d (the errors of its ranks are above)", code
+        )
+        sys.exit(code)
+    figures = io.read_json(timing)
+    for key in ("stage", "wall_s", "cpu_s", "machine"):
+        figures.pop(key, None)
+    figures["peak_rss_mb"] = max(rank["peak_rss_mb"] for rank in figures["ranks"])
+    return figures
 
 
 def _embed(config: Config, dist_: Distributed) -> dict:
@@ -403,6 +463,7 @@ def _embed(config: Config, dist_: Distributed) -> dict:
         initial=done_images,
         unit="img",
         desc=f"embed rank {dist_.rank}" if dist_.world > 1 else "embed",
+        position=dist_.local_rank,
     ) as progress:
         for shard in todo:
             encode_shard(

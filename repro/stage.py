@@ -98,6 +98,18 @@ def cpu_seconds() -> float:
     return total
 
 
+def describe(error: Exception) -> str:
+    """Return the message for a user error, which for a missing file names the fix."""
+    if not isinstance(error, FileNotFoundError):
+        return str(error)
+    # open() fills `filename`; pandas and pyarrow pass only the path as the message.
+    path = error.filename or (error.args[0] if len(error.args) == 1 else str(error))
+    return (
+        f"{path} not found: a stage before this one has not run or did not finish. "
+        "Run `dvc repro`, which runs the missing stages first."
+    )
+
+
 def run(name: str, body: Callable[[Config], dict | None]) -> None:
     """Load and check the config, run `body`, and record the stage's cost.
 
@@ -115,7 +127,7 @@ def run(name: str, body: Callable[[Config], dict | None]) -> None:
         config = load_config()
         extra = body(config) or {}
     except USER_ERRORS as error:
-        log.error("%s failed: %s", name, error)
+        log.error("%s failed: %s", name, describe(error))
         sys.exit(2 if isinstance(error, ConfigError) else 1)
 
     wall = time.perf_counter() - started

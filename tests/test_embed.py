@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from repro import embed as embed_module
 from repro import paths
 from repro.aggregate import aggregate
 from repro.clip_cache import EmbeddingCache, plan_shards
@@ -152,3 +153,12 @@ def test_shard_size_changes_fingerprint():
     first = fingerprint(config, clip, ids, boxes, ["a.jpg", "b.jpg"], shard_size=1)
     second = fingerprint(config, clip, ids, boxes, ["a.jpg", "b.jpg"], shard_size=2)
     assert first != second
+
+
+def test_more_processes_than_gpus_rejected(monkeypatch):
+    config = config_from_dict(project_params(clip={"processes": 3, "device": "cuda"}))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(embed_module, "resolve_device", lambda name: torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="clip.processes = 3, but this machine has 2 CUDA"):
+        embed(config)

@@ -1,4 +1,4 @@
-"""Embed under `torchrun` with 2 CPU processes (gloo) against a single process."""
+"""Embed as 2 CPU processes under torchrun (gloo), started by `clip.processes`, against 1."""
 
 import json
 import os
@@ -21,7 +21,10 @@ IMAGES = 10
 SHARD = 3  # 4 shards: ranks 0 and 1 get 2 each
 
 
-def run_embed(folder: Path, launcher: list[str]) -> None:
+def run_embed(folder: Path, processes: int) -> subprocess.CompletedProcess:
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["clip"]["processes"] = processes
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # One thread per process in both runs, as torchrun sets by default: the byte comparison
     # is about sharding and finalizing, not about how a math library splits its work.
     env = {
@@ -30,14 +33,18 @@ def run_embed(folder: Path, launcher: list[str]) -> None:
         "REPRO_EMBED_SHARD_IMAGES": str(SHARD),
         "OMP_NUM_THREADS": "1",
     }
-    result = subprocess.run(
-        [*launcher, "-m", "repro.embed"],
+    return subprocess.run(
+        [sys.executable, "-m", "repro.embed"],
         cwd=folder,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def run_ok(folder: Path, processes: int) -> None:
+    result = run_embed(folder, processes)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
 
@@ -60,12 +67,11 @@ def runs(tmp_path_factory):
         prepare(config)
         tile(config)
 
-    run_embed(folder, [sys.executable])
+    run_ok(folder, 1)
     single = cache_files(folder)
     shutil.rmtree(folder / "cache")
 
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    run_embed(folder, [*torchrun, "--nproc_per_node", "2"])
+    run_ok(folder, 2)
     timing = json.loads((folder / "results/timing/embed.json").read_text())
     return single, cache_files(folder), timing, folder
 
@@ -107,3 +113,18 @@ def test_timing_counts_every_rank(runs):
 def test_timing_totals_views_of_all_ranks(runs):
     _, _, timing, _ = runs
     assert (timing["world_size"], timing["views_encoded"]) == (2, IMAGES * 10)
+
+
+def test_timing_takes_peak_memory_of_ranks(runs):
+    _, _, timing, _ = runs
+    assert timing["peak_rss_mb"] == max(r["peak_rss_mb"] for r in timing["ranks"])
+
+
+def test_failed_rank_fails_stage(runs):
+    _, _, _, folder = runs
+    (folder / "data/tiles/tiles.parquet").rename(folder / "tiles.parquet")
+    try:
+        result = run_embed(folder, 2)
+    finally:
+        (folder / "tiles.parquet").rename(folder / "data/tiles/tiles.parquet")
+    assert result.returncode != 0
