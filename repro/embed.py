@@ -5,6 +5,9 @@ tensor. Batches span images. Shards are written atomically into a work folder ou
 outputs, so a killed run resumes at the first missing shard; the cache folder appears under
 its final name only when every shard exists. Under `torchrun`, shard k belongs to rank
 k mod world size.
+
+The work folder keeps a hard link to each finished shard. A later run whose image side is
+unchanged (a change of `prompts.templates` only) then encodes just the prompts.
 """
 
 from __future__ import annotations
@@ -251,10 +254,16 @@ def fingerprint(
 ) -> str:
     """Hash of everything that decides the image embeddings and their shards.
 
-    A resumed run reuses finished shards only if its fingerprint matches.
+    A run reuses finished shards only if its fingerprint matches. A local checkpoint counts
+    by its path, size and modification time, so replacing the file invalidates the shards.
     """
     digest = hashlib.sha256()
+    checkpoint = None
+    if clip.weights.startswith("file:"):
+        stat = os.stat(clip.weights.removeprefix("file:"))
+        checkpoint = [stat.st_size, stat.st_mtime_ns]
     header = {
+        "checkpoint": checkpoint,
         "format": clip_cache.FORMAT_VERSION,
         "shard_images": shard_size,
         "model": config.clip.model,
@@ -283,14 +292,15 @@ def prepare_work_dir(work: Path, key: str, rank: int, dist_: Distributed) -> Non
             work.mkdir(parents=True)
             io.write_json(state, {"fingerprint": key})
         else:
-            log.info("resuming partial embeddings in %s", work)
+            finished = len(list(work.glob("shard-*.npy")))
+            log.info("reusing %d finished shard(s) of these images in %s", finished, work)
     dist_.barrier()
 
 
 def check_cache_space(clip: LoadedClip, device: torch.device, work: Path, views: int) -> None:
     """Raise DiskSpaceError unless `work` has room for `views` fp16 embeddings.
 
-    The shards move from `work` into the cache folder by renaming, which needs no more space.
+    The shards are hard-linked from `work` into the cache folder, which needs no more space.
     """
     dim = encode_prompts(clip, ["{}"], ["photo"], device).shape[-1]
     check_free_space(
@@ -536,7 +546,7 @@ def finalize(
     key: str,
     views: int,
 ) -> None:
-    """Move the finished shards into the cache folder and write its manifest last."""
+    """Link the finished shards into the cache folder and write its manifest last."""
     missing = [s.file for s in shards if not (work / s.file).is_file()]
     if missing:
         raise clip_cache.CacheError(
@@ -563,11 +573,21 @@ def finalize(
     }
     with io.atomic_dir(paths.EMBEDDINGS) as folder:
         for shard in shards:
-            os.replace(work / shard.file, folder / shard.file)
+            link_or_move(work / shard.file, folder / shard.file)
         np.save(folder / clip_cache.TEXT, text.astype(np.float32))
         (folder / clip_cache.IMAGE_IDS).write_text(json.dumps([str(i) for i in image_ids]))
         io.write_json(folder / clip_cache.MANIFEST, manifest)
-    shutil.rmtree(work, ignore_errors=True)
+
+
+def link_or_move(source: Path, target: Path) -> None:
+    """Hard-link `source` to `target`, or move it where the file system has no hard links.
+
+    A link costs no disk space. A moved shard is encoded again by the next run that needs it.
+    """
+    try:
+        os.link(source, target)
+    except OSError:
+        os.replace(source, target)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 import json
+import os
 import shutil
 
 import numpy as np
+import open_clip
 import pandas as pd
 import pytest
 import torch
@@ -99,7 +101,37 @@ def test_embed_writes_complete_cache(workdir):
     assert cache.random_weights
     assert cache.manifest["note"] == "random weights: not comparable with the paper"
     assert stats["views_encoded"] == 60
-    assert not paths.EMBED_WORK.exists()
+    shard = paths.EMBEDDINGS / "shard-00000.npy"
+    assert shard.samefile(paths.EMBED_WORK / shard.name)
+
+
+def test_template_change_encodes_only_text(workdir):
+    config = workdir(dataset={"max_images": 4})
+    prepare(config)
+    tile(config)
+    embed(config)
+    shard = paths.EMBEDDINGS / "shard-00000.npy"
+    first_shard = shard.read_bytes()
+    first_text = EmbeddingCache(paths.EMBEDDINGS).text("natural")
+
+    templates = ["a photo of a {}.", "a sketch of a {}."]
+    stats = embed(workdir(dataset={"max_images": 4}, prompts={"templates": templates}))
+    assert stats["views_encoded"] == 0
+    assert shard.read_bytes() == first_shard
+    assert EmbeddingCache(paths.EMBEDDINGS).text("natural").shape[0] == 2
+    assert EmbeddingCache(paths.EMBEDDINGS).text("natural")[0] == pytest.approx(first_text[0])
+
+
+def test_replaced_checkpoint_encodes_again(workdir):
+    model = open_clip.create_model("repro-tiny-ViT")
+    torch.save(model.state_dict(), "clip.pt")
+    config = workdir(dataset={"max_images": 2}, clip={"pretrained": "clip.pt"})
+    prepare(config)
+    tile(config)
+    embed(config)
+    torch.save(open_clip.create_model("repro-tiny-ViT").state_dict(), "clip.pt")
+    os.utime("clip.pt", ns=(1, 1))
+    assert embed(config)["views_encoded"] == 20
 
 
 def test_views_of_one_image_differ(workdir):

@@ -70,6 +70,7 @@ def runs(tmp_path_factory):
     run_ok(folder, 1)
     single = cache_files(folder)
     shutil.rmtree(folder / "cache")
+    shutil.rmtree(folder / ".repro-tmp/embed")  # else the second run reuses the shards
 
     run_ok(folder, 2)
     timing = json.loads((folder / "results/timing/embed.json").read_text())
@@ -100,9 +101,11 @@ def test_two_ranks_write_same_ids_and_manifest(runs):
     assert [double[k] for k in keys] == [single[k] for k in keys]
 
 
-def test_rank_work_folder_removed(runs):
+def test_work_folder_links_cache_shards(runs):
     _, _, _, folder = runs
-    assert not (folder / ".repro-tmp/embed").exists()
+    for number in range(4):
+        shard = folder / f"cache/embeddings/shard-0000{number}.npy"
+        assert shard.samefile(folder / ".repro-tmp/embed" / shard.name)
 
 
 def test_timing_counts_every_rank(runs):
