@@ -142,14 +142,26 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            raise UnsafeCheckpointError(
-                f"{path} contains pickled Python objects, which are not loaded because loading "
-                "them can run arbitrary code. Save only the tensors "
-                "(torch.save(model.state_dict(), path)) or convert the file to .safetensors."
-            ) from error
-        except (RuntimeError, EOFError, OSError) as error:
+            # torch 2.14's restricted unpickler names the class it met ("Unsupported global:
+            # GLOBAL argparse.Namespace"); other failures mean bytes that are no torch file.
+            if "Unsupported global" in f"{error} {error.__context__}":
+                raise UnsafeCheckpointError(
+                    f"{path} contains pickled Python objects, which are not loaded because "
+                    "loading them can run arbitrary code. Save only the tensors "
+                    "(torch.save(model.state_dict(), path)) or convert the file to .safetensors."
+                ) from error
             raise WeightsUnavailableError(
-                f"{path} could not be read as a checkpoint: {error}"
+                f"{path} is not a readable checkpoint: torch.load cannot parse it. Give a file "
+                "written by torch.save, a TorchScript archive or a .safetensors file."
+            ) from error
+        except EOFError as error:
+            raise WeightsUnavailableError(
+                f"{path} is not a readable checkpoint: the file is empty or truncated. "
+                "Copy it again."
+            ) from error
+        except (RuntimeError, OSError) as error:
+            raise WeightsUnavailableError(
+                f"{path} could not be read as a checkpoint: {error or type(error).__name__}"
             ) from error
 
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

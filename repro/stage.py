@@ -129,6 +129,13 @@ def run(name: str, body: Callable[[Config], dict | None]) -> None:
     except USER_ERRORS as error:
         log.error("%s failed: %s", name, describe(error))
         sys.exit(2 if isinstance(error, ConfigError) else 1)
+    except KeyboardInterrupt:
+        log.error(
+            "%s interrupted: no output was half written. Run `dvc repro` to continue "
+            "(embed and train resume from their last shard or epoch).",
+            name,
+        )
+        sys.exit(130)  # the shell's exit status for a process ended by SIGINT
 
     wall = time.perf_counter() - started
     log.info("%s finished in %.1f s", name, wall)

@@ -58,6 +58,20 @@ def test_pickled_object_rejected(tmp_path):
         read_state_dict(path)
 
 
+def test_random_bytes_not_called_pickle(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(WeightsUnavailableError, match="garbage.pt is not a readable checkpoint"):
+        read_state_dict(path)
+
+
+def test_empty_checkpoint_named(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.touch()
+    with pytest.raises(WeightsUnavailableError, match="the file is empty or truncated"):
+        read_state_dict(path)
+
+
 def test_checkpoint_of_other_model_rejected(tmp_path):
     source = load_clip(ClipConfig(model="repro-tiny-ViT", pretrained="random"), CPU).model
     path = tmp_path / "vit.pt"

@@ -51,8 +51,17 @@ def temp_leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*.tmp"))
 
 
-def kill_when(folder: Path, stage: str, reached: Callable[[], bool], timeout: float = 180) -> None:
-    """Start `python -m repro.<stage>` in `folder` and SIGKILL it as soon as `reached()`."""
+def kill_when(
+    folder: Path,
+    stage: str,
+    reached: Callable[[], bool],
+    timeout: float = 180,
+    sig: signal.Signals = signal.SIGKILL,
+) -> int:
+    """Start `python -m repro.<stage>` in `folder`, send `sig` as soon as `reached()`.
+
+    Returns the stage's exit status; its stderr is in `<stage>.stderr` beside `folder`.
+    """
     log_path = folder.parent / f"{stage}.stderr"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
@@ -72,9 +81,11 @@ def kill_when(folder: Path, stage: str, reached: Callable[[], bool], timeout: fl
                     + log_path.read_text()[-3000:]
                 )
             time.sleep(0.002)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, f"{stage} finished before the kill landed"
+        process.send_signal(sig)
+        code = process.wait()
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL, f"{stage} finished before the kill landed"
+    return code
 
 
 def remove(folder: Path, relative: list[Path]) -> None:
@@ -138,6 +149,19 @@ def test_train_killed_resumes_same_model(faulty_chain, tmp_path, caplog):
     assert refined.equals(pd.read_parquet(faulty_chain.folder / paths.REFINED_LABELS))
     assert not resume.exists()
     assert temp_leftovers(folder) == []
+
+
+def test_train_interrupted_logs_one_line(faulty_chain, tmp_path):
+    folder = copy_project(faulty_chain, tmp_path)
+    previous = snapshot(folder, TRAIN_OUTPUTS)
+    resume = folder / ".repro-tmp" / "train"
+
+    code = kill_when(folder, "train", lambda: any(resume.glob("*.pt")), sig=signal.SIGINT)
+    assert code == 130
+    log = (tmp_path / "train.stderr").read_text()
+    assert "train interrupted: no output was half written" in log
+    assert "Traceback" not in log
+    assert snapshot(folder, TRAIN_OUTPUTS) == previous
 
 
 def without_timestamp(report: str) -> list[str]:
