@@ -73,6 +73,7 @@ class Claim:
     measure: dict | None = None
     better: dict | None = None
     worse: dict | None = None
+    requires: dict | None = None  # a run figure the claim needs, e.g. at least one label update
 
 
 def _check_measure(entry_id: str, name: str, spec, experiments: set[str]) -> None:
@@ -141,6 +142,18 @@ def validate_entry(entry, index: int, experiments: set[str]) -> Claim:
     elif check == "direction":
         for side in ("better", "worse"):
             _check_measure(entry["id"], side, entry.get(side), experiments)
+    requires = entry.get("requires")
+    if requires is not None and not (
+        isinstance(requires, dict)
+        and requires.get("file") in RUN_FILES
+        and isinstance(requires.get("key"), str)
+        and isinstance(requires.get("min"), (int, float))
+        and isinstance(requires.get("why"), str)
+    ):
+        raise ClaimError(
+            f"{label}: requires must be a mapping with file (one of {', '.join(RUN_FILES)}), "
+            f"key, min and why, got {requires!r}"
+        )
     return Claim(
         **{
             **entry,
@@ -214,7 +227,20 @@ def _dataset_command(dataset: str, definitions: dict[str, dict]) -> str:
     for name, definition in definitions.items():
         if definition.get("set", {}).get("dataset.name") == dataset:
             return _experiment_command(name, definitions)
-    return f"dvc exp run -S dataset.name={dataset}"
+    return (
+        f"dvc exp run -S dataset.name={dataset} -S dataset.root=<local copy> "
+        "-S dataset.train_split=trainval -S dataset.eval_split=test"
+    )
+
+
+def _runs_on_dataset(name: str, evidence: Evidence) -> bool:
+    """Tell whether experiment `name` only moves the pipeline to the dataset of this run."""
+    changes = evidence.definitions.get(name, {}).get("set") or {}
+    return (
+        changes.get("dataset.name") == evidence.dataset
+        and evidence.dataset is not None
+        and all(key.startswith("dataset.") for key in changes)
+    )
 
 
 def measure(spec: dict, claim: Claim, evidence: Evidence) -> Measured:
@@ -275,6 +301,9 @@ def measure(spec: dict, claim: Claim, evidence: Evidence) -> Measured:
         )
 
     runs = evidence.experiments.get(spec["experiment"], [])
+    if not runs and _runs_on_dataset(spec["experiment"], evidence):
+        # The pipeline itself ran on the experiment's dataset, so its own metrics measure the claim.
+        return measure({"from": "run", "file": spec["file"], "key": spec["key"]}, claim, evidence)
     values = [r["metrics"].get(spec["file"], {}).get(spec["key"]) for r in runs]
     values = [float(v) for v in values if v is not None]
     if not values:
@@ -360,8 +389,20 @@ def assess(claim: Claim, evidence: Evidence) -> dict:
     if claim.check == "none":
         return {
             "id": claim.id,
+            "metric": claim.metric,
             "reported": _reported(claim),
             "reproduced": claim.missing,
+            "verdict": "not checkable",
+            "caveats": "",
+            "source": _source(claim),
+        }
+    unmet = _unmet_requirement(claim, evidence)
+    if unmet:
+        return {
+            "id": claim.id,
+            "metric": claim.metric,
+            "reported": _reported(claim),
+            "reproduced": unmet,
             "verdict": "not checkable",
             "caveats": "",
             "source": _source(claim),
@@ -384,6 +425,7 @@ def assess(claim: Claim, evidence: Evidence) -> dict:
         result = f"not comparable ({result} on random weights)"
     return {
         "id": claim.id,
+        "metric": claim.metric,
         "reported": _reported(claim),
         "reproduced": display,
         "verdict": result,
@@ -392,13 +434,23 @@ def assess(claim: Claim, evidence: Evidence) -> dict:
     }
 
 
+def _unmet_requirement(claim: Claim, evidence: Evidence) -> str:
+    """Return why this run cannot test the claim, or '' when it can (or cannot tell)."""
+    if claim.requires is None:
+        return ""
+    value = evidence.run.get(claim.requires["file"], {}).get(claim.requires["key"])
+    if value is None or value >= claim.requires["min"]:
+        return ""
+    return f"{claim.requires['why']} ({claim.requires['key']} = {value:g})"
+
+
 def _reported(claim: Claim) -> str:
     if claim.check == "direction":
         return "direction: first > second"
     if claim.reported is None:
         return f"null ({claim.missing})"
     bound = {"at_least": "≥ ", "at_most": "≤ "}.get(claim.check, "")
-    return f"{bound}{claim.reported:g} ± {claim.tolerance:g}"
+    return f"{bound}{claim.reported:g} (tolerance {claim.tolerance:g})"
 
 
 def _source(claim: Claim) -> str:

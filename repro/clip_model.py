@@ -142,8 +142,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
-            # torch 2.14's restricted unpickler names the class it met ("Unsupported global:
-            # GLOBAL argparse.Namespace"); other failures mean bytes that are no torch file.
+            # torch 2.14's restricted unpickler names the class it rejects ("Unsupported global:
+            # GLOBAL argparse.Namespace"). Other failures mean the bytes are not a torch file.
             if "Unsupported global" in f"{error} {error.__context__}":
                 raise UnsafeCheckpointError(
                     f"{path} contains pickled Python objects, which are not loaded because "

@@ -97,9 +97,11 @@ class Report:
 def run_section(report: Report, pseudo: dict, train: dict) -> None:
     dataset, manifest = report.dataset, report.manifest
     if dataset["holdout"] is not None:
+        pooled = list(dict.fromkeys([dataset["splits"]["train"], dataset["splits"]["eval"]]))
         split = (
-            f"official splits pooled, {dataset['holdout']:.0%} held out for evaluation by a seeded "
-            "hash (not the paper's splits)"
+            f"split{'s' if len(pooled) > 1 else ''} {' and '.join(pooled)} pooled, "
+            f"{dataset['holdout']:.0%} held out for evaluation by a seeded hash (not the paper's "
+            "splits)"
         )
     else:
         split = f"train = {dataset['splits']['train']}, eval = {dataset['splits']['eval']}"
@@ -110,6 +112,9 @@ def run_section(report: Report, pseudo: dict, train: dict) -> None:
         extras.append(f"{len(dataset['skipped_bad_images'])} undecodable or missing images skipped")
     if dataset.get("missing_images"):
         extras.append(f"{dataset['missing_images']} listed images missing on disk")
+    backbone_weights = train["backbone_weights"]
+    if backbone_weights == "none":
+        backbone_weights = "random initialisation, no pretrained weights"
     report.add(
         "## Run",
         "",
@@ -119,8 +124,13 @@ def run_section(report: Report, pseudo: dict, train: dict) -> None:
         f"snippets and the global view, {manifest['image_size']} px ({manifest['fit']})",
         f"- pseudo labels: aggregator {pseudo['aggregator']}, threshold {pseudo['threshold']}, lambda "
         f"{pseudo['lam']}, temperature {pseudo['temperature']} (scale {pseudo['scale']:.3g})",
-        f"- classifier: {train['backbone']} ({train['backbone_weights']}), loss {train['loss']}, "
-        f"{train['epochs']} epochs",
+        f"- classifier: {train['backbone']} ({backbone_weights}), loss "
+        f"{train['loss']}, {train['epochs']} epochs"
+        + (
+            f", {train['label_update_epochs']} label-update epochs"
+            if "label_update_epochs" in train
+            else ""
+        ),
         f"- seed {report.config.seed}; git commit {git_commit()}; report written "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
@@ -174,7 +184,12 @@ def results_section(report: Report, pseudo: dict, train: dict, evaluation: dict)
             "train",
             train["pseudo_labels_map_final"],
             "n/a",
-            f"after {train['epochs']} epochs",
+            f"after {train['epochs']} epochs"
+            + (
+                f", {train['label_update_epochs']} of them updating the labels"
+                if "label_update_epochs" in train
+                else ""
+            ),
         ),
         (
             "classifier, last epoch (headline)",
@@ -371,7 +386,8 @@ def experiments_section(report: Report, evaluation: dict, pseudo: dict) -> None:
     report.add(
         report.caption(
             "DVC experiments queued by experiments/run.py; mean ± standard deviation where "
-            "an experiment ran with several seeds (the seeds row includes this run)."
+            "an experiment ran with several seeds. Once the seeds experiment has run, its row "
+            "also counts this run's seed."
         ),
         "",
         markdown_table(table),
@@ -436,6 +452,12 @@ def cost_section(report: Report) -> None:
     )
 
 
+def as_yaml(value) -> str:
+    """Spell a param value as params.yaml does: null, false, 0.5, RN50x64."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return f"`{text.removesuffix('...').strip()}`"
+
+
 def deviations_section(report: Report) -> None:
     """List the params that differ from CDUL's known setting, and those CDUL does not state."""
     paper = yaml.safe_load(PAPER_SETTING.read_text()) if PAPER_SETTING.is_file() else {}
@@ -443,17 +465,21 @@ def deviations_section(report: Report) -> None:
     differs, unknown = [], []
     for key, entry in (paper.get("settings") or {}).items():
         value = flat.get(key)
+        source = entry.get("source", "")
         if entry.get("cdul") is not None:
             if value != entry["cdul"]:
                 differs.append(
-                    f"- `{key}` is {value!r}; CDUL used {entry['cdul']!r} ({entry.get('source', '')})."
+                    f"- `{key}` is {as_yaml(value)}; CDUL used {as_yaml(entry['cdul'])}. "
+                    f"Source: {source}."
                 )
         else:
             repro = entry.get("repro")
             same = (
-                " (as the reproduction)" if repro == value else f"; the reproduction used {repro!r}"
+                ", as in the reproduction"
+                if repro == value
+                else f"; the reproduction used {as_yaml(repro)}"
             )
-            unknown.append(f"- `{key}` = {value!r}{same}. {entry.get('source', '')}.")
+            unknown.append(f"- `{key}` is {as_yaml(value)}{same}. Source: {source}.")
     report.add(
         "## Deviations from the paper",
         "",

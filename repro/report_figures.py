@@ -118,15 +118,20 @@ def training_curves(history: pd.DataFrame, path: Path, title: str) -> None:
     if "eval/map" in history:
         evaluated = history.dropna(subset=["eval/map"])
         left.plot(evaluated["epoch"], evaluated["eval/map"], marker="s", label="classifier (eval)")
+    updated = []
     if "train/labels_updated" in history:
-        for epoch in history.loc[history["train/labels_updated"] > 0, "epoch"]:
-            left.axvline(epoch, color="grey", alpha=0.2, linewidth=3)
+        updated = history.loc[history["train/labels_updated"] > 0, "epoch"].tolist()
+    for epoch in updated:
+        left.axvline(epoch, color="grey", alpha=0.2, linewidth=3)
     left.set_xlabel("epoch")
     left.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_ylabel("mAP (%)")
     left.legend(fontsize=8)
-    left.set_title("mAP per epoch (grey: label-update epochs)", fontsize=10)
+    left.set_title(
+        "mAP per epoch " + ("(grey: label-update epochs)" if updated else "(no label update)"),
+        fontsize=10,
+    )
     if "train/loss" in history:
         right.plot(history["epoch"], history["train/loss"], marker="o", color="#C44E52")
     right.set_xlabel("epoch")

@@ -292,6 +292,7 @@ def write_outputs(
         "backbone_weights": weights,
         "loss": cfg.loss,
         "epochs": cfg.epochs,
+        "label_update_epochs": sum(row["train/labels_updated"] for row in history),
         "pseudo_labels_map_initial": round(initial_map, 4),
         "pseudo_labels_map_final": round(history[-1]["pseudo_labels/map"], 4),
         "eval_map_last_epoch": round(history[-1]["eval/map"], 4),

@@ -90,6 +90,7 @@ def test_project_registry_reported_values():
         ),
         ({"measure": {"from": "somewhere"}}, "'example_map'.*'from' is 'somewhere'"),
         ({"colour": "red"}, "'example_map'.*unknown fields colour"),
+        ({"requires": {"file": "train", "key": "x"}}, "'example_map'.*requires must be"),
     ],
 )
 def test_malformed_entry_named(changes, message):
@@ -213,3 +214,55 @@ def test_assess_table_measure():
     table = pd.DataFrame({"temperature": ["learned", "repro"], "max_probability": [0.97, 0.05]})
     row = assess(claim, Evidence(tables={"softmax_stats": table}, dataset="voc2007"))
     assert row["verdict"] == "holds"
+
+
+REQUIRES_UPDATES = {
+    "file": "train",
+    "key": "label_update_epochs",
+    "min": 1,
+    "why": "this run made no label update",
+}
+
+
+def test_unmet_requirement_not_checkable():
+    claim = validate_entry(entry(requires=REQUIRES_UPDATES), 0, EXPERIMENTS)
+    evidence = Evidence(
+        run={"eval": {"map": 88.5}, "train": {"label_update_epochs": 0}}, dataset="voc2007"
+    )
+    row = assess(claim, evidence)
+    assert row["verdict"] == "not checkable"
+    assert row["reproduced"] == "this run made no label update (label_update_epochs = 0)"
+
+
+def test_met_requirement_assessed():
+    claim = validate_entry(entry(requires=REQUIRES_UPDATES), 0, EXPERIMENTS)
+    evidence = Evidence(
+        run={"eval": {"map": 88.5}, "train": {"label_update_epochs": 3}}, dataset="voc2007"
+    )
+    assert assess(claim, evidence)["verdict"] == "reproduced"
+
+
+def test_dataset_experiment_read_from_run():
+    measure = {"from": "experiment", "experiment": "voc2012", "file": "eval", "key": "map"}
+    claim = validate_entry(entry(dataset="voc2012", measure=measure), 0, EXPERIMENTS)
+    evidence = Evidence(
+        run={"eval": {"map": 88.2, "ci": [87.0, 89.0]}},
+        dataset="voc2012",
+        definitions={"voc2012": {"set": {"dataset.name": "voc2012", "dataset.eval_split": "val"}}},
+    )
+    row = assess(claim, evidence)
+    assert row["verdict"] == "reproduced"
+    assert row["reproduced"] == "88.20 [87.00, 89.00]"
+
+
+def test_dataset_experiment_other_run_not_run():
+    measure = {"from": "experiment", "experiment": "voc2012", "file": "eval", "key": "map"}
+    claim = validate_entry(entry(dataset="voc2012", measure=measure), 0, EXPERIMENTS)
+    evidence = Evidence(
+        run={"eval": {"map": 88.2}},
+        dataset="voc2007",
+        definitions={"voc2012": {"group": "datasets", "set": {"dataset.name": "voc2012"}}},
+    )
+    row = assess(claim, evidence)
+    assert row["verdict"] == "not run"
+    assert "--only voc2012" in row["reproduced"]

@@ -286,8 +286,9 @@ def test_report_verdicts_from_fixture(fixture_project):
 def test_report_lists_deviations(fixture_project):
     text = render(fixture_project)
     section = text.split("## Deviations from the paper")[1].split("\n## Params")[0]
-    assert "`threshold` = 0.2; the reproduction used 0.0" in section
-    assert "`prompts.class_names` = 'natural'; the reproduction used 'raw'" in section
+    assert "`threshold` is `0.2`; the reproduction used `0.0`. Source:" in section
+    assert "`prompts.class_names` is `natural`; the reproduction used `raw`." in section
+    assert "`dataset.max_images` is `null`, as in the reproduction. Source:" in section
     assert "`clip.temperature`" not in section.split("### Params CDUL's readable text")[0].replace(
         "- none", ""
     )
@@ -316,7 +317,7 @@ def test_report_deviation_when_temperature_changed(fixture_project):
         dataset={"root": None, "holdout": None, "max_images": None}, clip={"temperature": "repro"}
     )
     text = render(config_from_dict(params))
-    assert "`clip.temperature` is 'repro'; CDUL used 'learned'" in text
+    assert "`clip.temperature` is `repro`; CDUL used `learned`. Source:" in text
 
 
 def test_report_experiments_table(fixture_project):
@@ -325,3 +326,13 @@ def test_report_experiments_table(fixture_project):
     assert "87.50" in line
     assert "not run: `python experiments/run.py --only loss_sigmoid_bce`" in text
     assert yaml.safe_load(text.split("```yaml")[1].split("```")[0])["threshold"] == 0.2
+
+
+def test_report_without_label_updates(fixture_project):
+    train = json.loads(paths.TRAIN_METRICS.read_text())
+    write_json(paths.TRAIN_METRICS, {**train, "label_update_epochs": 0})
+    text = render(fixture_project)
+    row = next(line for line in text.splitlines() if "| cdul_gradient_alignment_helps |" in line)
+    assert "| not checkable |" in row
+    assert "this run made no label update" in row
+    assert "after 3 epochs, 0 of them updating the labels" in text
