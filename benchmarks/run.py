@@ -61,8 +61,6 @@ PROJECT_FILES = [
     "params.yaml",
 ]
 # Small classifier settings for the threshold experiment, so that CLIP dominates a full run.
-# NOTE: repro.train keeps a last batch of one image, which BatchNorm rejects in training
-# mode; 16 avoids that for the 201 training images of the VOC sample at holdout 0.5.
 SMALL_TRAIN = {
     "backbone": "resnet18",
     "weights": "none",
