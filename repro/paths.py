@@ -2,6 +2,10 @@
 
 from pathlib import Path
 
+# SHA-256 of local weight files, so that DVC re-runs embed and train when their bytes change.
+CLIP_WEIGHTS = Path("data/weights/clip.json")
+CLASSIFIER_WEIGHTS = Path("data/weights/classifier.json")
+
 PREPARED = Path("data/prepared")
 INDEX = PREPARED / "index.parquet"  # image id, split, path, width, height; no labels
 LABELS = PREPARED / "labels.parquet"  # ground truth, read only by evaluation code

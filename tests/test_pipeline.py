@@ -75,7 +75,17 @@ def pipeline_project(
 
 def test_repro_runs_every_stage(pipeline_project):
     _, output = pipeline_project
-    expected = {"prepare", "tile", "embed", "aggregate", "ablate", "train", "evaluate", "report"}
+    expected = {
+        "weights",
+        "prepare",
+        "tile",
+        "embed",
+        "aggregate",
+        "ablate",
+        "train",
+        "evaluate",
+        "report",
+    }
     assert stages_run(output) == expected
 
 
@@ -102,7 +112,7 @@ def test_threshold_change_skips_tile_and_embed(pipeline_project):
     run(["git", "commit", "-qm", "first run"], folder)
     output = run(["dvc", "exp", "run", "-S", "threshold=0.5"], folder)
     assert {"prepare", "tile", "embed"} <= stages_skipped(output)
-    assert stages_run(output) == {"aggregate", "ablate", "train", "evaluate", "report"}
+    assert stages_run(output) == {"weights", "aggregate", "ablate", "train", "evaluate", "report"}
     pseudo = json.loads((folder / "results/metrics/pseudo_labels.json").read_text())
     assert pseudo["threshold"] == 0.5
 
