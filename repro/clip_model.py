@@ -119,6 +119,17 @@ def _is_torchscript_archive(path: Path) -> bool:
         )
 
 
+class _DropMessage(logging.Filter):
+    """A logging filter that drops records whose message starts with `prefix`."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors, a TorchScript archive or a tensors-only torch file.
 
@@ -133,7 +144,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path), device="cpu")
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as error:  # safetensors raises its own SafetensorError
+            raise WeightsUnavailableError(
+                f"{path} is not a readable checkpoint: safetensors cannot parse it ({error}). "
+                "Copy the file again."
+            ) from error
     elif _is_torchscript_archive(path):
         # OpenAI's original CLIP files are TorchScript archives. TorchScript's loader restores
         # only tensors and TorchScript code, not arbitrary pickled classes.
@@ -162,6 +179,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except (RuntimeError, OSError) as error:
             raise WeightsUnavailableError(
                 f"{path} could not be read as a checkpoint: {error or type(error).__name__}"
+            ) from error
+        except Exception as error:  # torch's legacy loader fails on random bytes in many ways
+            raise WeightsUnavailableError(
+                f"{path} is not a readable checkpoint: torch.load failed with "
+                f"{type(error).__name__}. Give a file written by torch.save, a TorchScript "
+                "archive or a .safetensors file."
             ) from error
 
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -231,9 +254,16 @@ def load_clip(clip: ClipConfig, device: torch.device, base: Path | None = None) 
     else:
         path = Path(clip.pretrained)
         path = path if path.is_absolute() else base / path
-        model = open_clip.create_model(
-            clip.model, pretrained=None, force_quick_gelu=clip.quick_gelu
-        )
+        # open_clip warns that the model is "initialized randomly" when it loads no weights
+        # itself, which is wrong here: the local file's weights follow.
+        quiet = _DropMessage("No pretrained weights loaded")
+        logging.getLogger().addFilter(quiet)
+        try:
+            model = open_clip.create_model(
+                clip.model, pretrained=None, force_quick_gelu=clip.quick_gelu
+            )
+        finally:
+            logging.getLogger().removeFilter(quiet)
         _load_local_weights(model, path, clip.model)
         weights = f"file:{os.fspath(path)}"
 

@@ -12,6 +12,7 @@ import difflib
 import json
 import math
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -476,26 +477,47 @@ def config_from_dict(raw: dict, check: bool = False, base: Path | None = None) -
     return validate(config, base) if check else config
 
 
-def describe_keys() -> str:
-    """Render every key with its default and allowed values, for the README and `--help`."""
+def describe_keys(current: Config | None = None) -> str:
+    """Render every key with its value in `current`, its default and its allowed values."""
     lines = []
 
-    def walk(cls: type, prefix: str, defaults: Any) -> None:
+    def walk(cls: type, prefix: str, defaults: Any, values: Any) -> None:
         hints = typing.get_type_hints(cls)
         for item in dataclasses.fields(cls):
             dotted = prefix + item.name
-            value = getattr(defaults, item.name)
+            default = getattr(defaults, item.name)
+            value = getattr(values, item.name)
             if dataclasses.is_dataclass(hints[item.name]):
-                walk(hints[item.name], dotted + ".", value)
+                walk(hints[item.name], dotted + ".", default, value)
                 continue
             kind, optional = _split_optional(hints[item.name])
             allowed = _describe(item.metadata, kind) + (" or null" if optional else "")
             doc = item.metadata.get("doc", "")
-            lines.append(f"{dotted} = {value!r}: {allowed}. {doc}".rstrip(". ") + ".")
+            shown = f"{value!r}" if value == default else f"{value!r} (default {default!r})"
+            lines.append(f"{dotted} = {shown}: {allowed}. {doc}".rstrip(". ") + ".")
 
-    walk(Config, "", Config())
+    walk(Config, "", Config(), current or Config())
     return "\n".join(lines)
 
 
+USAGE = """usage: python -m repro.config
+
+Lists every param: its value in params.yaml (with the default where they differ), the
+values it accepts and what it does. It does not check the params; every stage does."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:
+        print(USAGE)
+        return
+    try:
+        current = load_config(check=False)
+    except ConfigError as error:
+        print(f"# params.yaml not read ({error}); showing the defaults.")
+        current = None
+    print(describe_keys(current))
+
+
 if __name__ == "__main__":
-    print(describe_keys())
+    main()

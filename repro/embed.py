@@ -399,6 +399,12 @@ def launch_ranks(config: Config) -> dict:
             f"{torch.cuda.device_count()} CUDA device(s): set clip.processes to at most "
             "that, one process per GPU"
         )
+    cores = os.cpu_count() or 1
+    if device.type != "cuda" and processes > cores:
+        raise ConfigError(
+            f"clip.processes = {processes}, but this machine has {cores} CPU core(s) and no "
+            "GPU in use: set clip.processes to at most that, since each process needs a core"
+        )
     command = [
         sys.executable,
         "-m",
@@ -461,6 +467,16 @@ def _embed(config: Config, dist_: Distributed) -> dict:
     views = boxes.shape[1]
     batch_images = max(1, config.clip.batch_size // views)
     shards = clip_cache.plan_shards(len(image_ids), shard_size)
+    if dist_.rank == 0 and len(shards) < dist_.world:
+        log.warning(
+            "%d image(s) make %d shard(s) of at most %d images, so %d of the %d processes "
+            "have nothing to encode",
+            len(image_ids),
+            len(shards),
+            shard_size,
+            dist_.world - len(shards),
+            dist_.world,
+        )
     mine = [s for s in shards if s.number % dist_.world == dist_.rank]
     todo = [s for s in mine if not (work / s.file).is_file()]
     done_images = sum(s.stop - s.start for s in mine if s not in todo)

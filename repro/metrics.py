@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,6 +10,8 @@ from scipy.special import digamma
 from scipy.stats import norm
 
 from repro.datasets import IGNORE, POSITIVE
+
+log = logging.getLogger(__name__)
 
 Z_95 = 1.959963984540054  # standard normal quantile of 0.975
 
@@ -167,6 +170,10 @@ def bootstrap_interval(
     bootstrap APs run high, most for weak scores. The bias correction (Efron, 1981) shifts
     the percentiles by how far the point estimate sits from the bootstrap median. Returns
     None when `resamples` is 0 or no resample has a positive.
+
+    With few positives per class the shift can exceed the spread, so that nearly every
+    resample falls on one side of the estimate and the corrected percentiles miss it. The
+    interval is then widened to reach the estimate, and a warning is logged.
     """
     if resamples <= 0:
         return None
@@ -181,4 +188,14 @@ def bootstrap_interval(
     z0 = norm.ppf(below)
     percentiles = norm.cdf([2 * z0 - Z_95, 2 * z0 + Z_95]) * 100
     low, high = np.percentile(maps, percentiles)
+    if not low <= point <= high:
+        log.warning(
+            "the bootstrap mAPs (%.2f to %.2f) lie on one side of the estimate %.2f, so its "
+            "95%% interval was widened to include it; with this few images per class the "
+            "interval is rough",
+            low,
+            high,
+            point,
+        )
+        low, high = min(low, point), max(high, point)
     return float(low), float(high)

@@ -280,7 +280,11 @@ def ablation_section(report: Report) -> None:
     report.add(
         "### Prompts",
         "",
-        report.caption("Class names and templates."),
+        report.caption(
+            "Class names and templates. Intervals here come from "
+            f"{report.config.ablation.bootstrap} image resamples, those of the Results table "
+            f"from {report.config.eval.bootstrap}, so the two can differ for the same row."
+        ),
         "",
         markdown_table(prompts),
         "",
@@ -462,6 +466,7 @@ def deviations_section(report: Report) -> None:
     """List the params that differ from CDUL's known setting, and those CDUL does not state."""
     paper = yaml.safe_load(PAPER_SETTING.read_text()) if PAPER_SETTING.is_file() else {}
     flat = flatten_params(report.config.to_dict())
+    flat["prompts.templates.0"] = report.config.prompts.templates[0]
     differs, unknown = [], []
     for key, entry in (paper.get("settings") or {}).items():
         value = flat.get(key)

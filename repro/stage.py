@@ -138,9 +138,9 @@ def run(name: str, body: Callable[[Config], dict | None]) -> None:
         sys.exit(130)  # the shell's exit status for a process ended by SIGINT
 
     wall = time.perf_counter() - started
-    log.info("%s finished in %.1f s", name, wall)
     if int(os.environ.get("RANK", 0)) != 0:
         return
+    log.info("%s finished in %.1f s", name, wall)
     figures = {
         "stage": name,
         "wall_s": round(wall, 3),

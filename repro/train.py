@@ -213,14 +213,7 @@ def train(config: Config) -> dict:
                 if name != "epoch" and value is not None:
                     live.log_metric(name, value)
             live.next_step()
-            log.info(
-                "epoch %d: loss %.4f, pseudo-label mAP %.2f, eval mAP %s",
-                epoch + 1,
-                loss,
-                row["pseudo_labels/map"],
-                "-" if row["eval/map"] is None else f"{row['eval/map']:.2f}",
-            )
-
+            # Saved before the epoch is logged, so a logged epoch is never trained again.
             with io.atomic_path(resume_file) as tmp:
                 torch.save(
                     {
@@ -231,6 +224,13 @@ def train(config: Config) -> dict:
                     },
                     tmp,
                 )
+            log.info(
+                "epoch %d: loss %.4f, pseudo-label mAP %.2f, eval mAP %s",
+                epoch + 1,
+                loss,
+                row["pseudo_labels/map"],
+                "-" if row["eval/map"] is None else f"{row['eval/map']:.2f}",
+            )
 
     write_outputs(
         STAGING_DIR,

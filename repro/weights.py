@@ -1,6 +1,6 @@
 """Stage weights: a fingerprint of each local weight file that the params name.
 
-DVC sees `clip.pretrained` and `train.weights` only as strings. A checkpoint replaced under
+DVC tracks `clip.pretrained` and `train.weights` only as strings. A checkpoint replaced under
 the same path would leave embed or train looking unchanged, and DVC's run cache could even
 restore outputs computed from the old file. This stage runs on every `dvc repro` (it is
 `always_changed` in dvc.yaml) and writes the SHA-256 of each weight file into a small JSON
@@ -39,6 +39,7 @@ def file_sha256(path: Path) -> str:
     if key in known:
         return known[key]
 
+    log.info("hashing %s", path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
@@ -56,7 +57,6 @@ def fingerprint(spec: str, keywords: tuple[str, ...], base: Path) -> dict:
     path = Path(spec) if os.path.isabs(spec) else base / spec
     if spec in keywords or not path.is_file():
         return {"weights": spec}
-    log.info("hashing %s", path)
     return {"weights": spec, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 

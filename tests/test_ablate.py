@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from repro import paths
+from repro import metrics, paths
 from repro.ablate import ablate, normalise_only
 from repro.aggregate import aggregate
 from repro.metrics import bootstrap_interval, mean_average_precision
@@ -41,6 +41,18 @@ def test_bootstrap_interval_narrows_with_more_images():
     small = bootstrap_interval(*informative_scores(100), 500, seed=1)
     large = bootstrap_interval(*informative_scores(1600), 500, seed=1)
     assert large[1] - large[0] < (small[1] - small[0]) / 2
+
+
+def test_bootstrap_interval_widened_to_estimate(monkeypatch, caplog):
+    scores, labels = informative_scores(40)
+    point = mean_average_precision(scores, labels, list("abcde")).map
+    # Every resample below the estimate, as with few positives per class.
+    shifted = np.linspace(point - 9.0, point - 5.0, 200)
+    monkeypatch.setattr(metrics, "bootstrap_maps", lambda *args: shifted)
+    low, high = bootstrap_interval(scores, labels, 200, seed=1)
+    assert low == pytest.approx(shifted.max(), abs=0.2)
+    assert high == pytest.approx(point)
+    assert "widened to include it" in caplog.text
 
 
 def test_bootstrap_interval_off():

@@ -65,6 +65,26 @@ def test_random_bytes_not_called_pickle(tmp_path):
         read_state_dict(path)
 
 
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [("legacy.pt", b"j" + bytes(range(256)) * 4), ("text.safetensors", b"not a header")],
+)
+def test_unparsable_checkpoint_named(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(WeightsUnavailableError, match=f"{name} is not a readable checkpoint"):
+        read_state_dict(path)
+
+
+def test_local_checkpoint_not_called_random(tmp_path, caplog):
+    source = load_clip(ClipConfig(model="repro-tiny-ViT", pretrained="random"), CPU).model
+    path = tmp_path / "tiny.pt"
+    torch.save(source.state_dict(), path)
+    caplog.clear()
+    load_clip(ClipConfig(model="repro-tiny-ViT", pretrained=str(path)), CPU)
+    assert "initialized randomly" not in caplog.text
+
+
 def test_empty_checkpoint_named(tmp_path):
     path = tmp_path / "empty.pt"
     path.touch()

@@ -183,3 +183,8 @@ def test_stage_stops_before_work_on_bad_param(tmp_path):
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "data").exists()
     assert not (tmp_path / "results").exists()
+
+
+def test_description_shows_value_and_default():
+    text = describe_keys(config_from_dict(project_params(threshold=0.5)))
+    assert "threshold = 0.5 (default 0.2): a number in [0.0, 1.0]" in text

@@ -187,6 +187,14 @@ def test_shard_size_changes_fingerprint():
     assert first != second
 
 
+def test_more_processes_than_cores_rejected(monkeypatch):
+    config = config_from_dict(project_params(clip={"processes": 3, "device": "cpu"}))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.raises(ConfigError, match="clip.processes = 3, but this machine has 2 CPU"):
+        embed(config)
+
+
 def test_more_processes_than_gpus_rejected(monkeypatch):
     config = config_from_dict(project_params(clip={"processes": 3, "device": "cuda"}))
     monkeypatch.delenv("WORLD_SIZE", raising=False)

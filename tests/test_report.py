@@ -336,3 +336,14 @@ def test_report_without_label_updates(fixture_project):
     assert "| not checkable |" in row
     assert "this run made no label update" in row
     assert "after 3 epochs, 0 of them updating the labels" in text
+
+
+def test_report_names_changed_first_template(fixture_project):
+    params = project_params(
+        dataset={"root": None, "holdout": None, "max_images": None},
+        prompts={"templates": ["itap of a {}."]},
+    )
+    text = render(config_from_dict(params))
+    assert "`prompts.templates.0` is `itap of a {}.`; the reproduction used `a photo of a {}.`" in (
+        text
+    )
