@@ -276,8 +276,10 @@ def write_outputs(
         "note": note,
     }
     models = folder / paths.CLASSIFIER.parent.name
-    with io.atomic_path(models / paths.CLASSIFIER.name) as tmp:
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
+    with io.atomic_path(models / paths.CLASSIFIER.name) as tmp, open(tmp, "wb") as handle:
+        # Saved through a handle: given a path, torch.save names the archive's root folder
+        # after the (random) temporary file name, so equal weights gave different bytes.
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, handle)
     io.write_json(models / paths.CLASSIFIER_INFO.name, classifier_info)
 
     refined = pd.DataFrame(labels.values.numpy(), columns=classes)

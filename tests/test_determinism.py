@@ -49,6 +49,11 @@ def test_training_curves_identical(faulty_chain, second_run):
     assert (faulty_chain.folder / relative).read_text() == (second_run / relative).read_text()
 
 
+def test_classifier_file_identical(faulty_chain, second_run):
+    first = (faulty_chain.folder / paths.CLASSIFIER).read_bytes()
+    assert first == (second_run / paths.CLASSIFIER).read_bytes()
+
+
 def test_embeddings_identical(faulty_chain, second_run):
     folder = faulty_chain.folder / paths.EMBEDDINGS
     for path in sorted(folder.iterdir()):

@@ -138,6 +138,8 @@ def test_train_killed_resumes_same_model(faulty_chain, tmp_path, caplog):
         run_stages(folder, ["train"], **CHAIN_ENV)
     assert "resuming training at epoch 2" in caplog.text
 
+    classifier = (folder / paths.CLASSIFIER).read_bytes()
+    assert classifier == (faulty_chain.folder / paths.CLASSIFIER).read_bytes()
     expected = torch.load(faulty_chain.folder / paths.CLASSIFIER, weights_only=True)
     actual = torch.load(folder / paths.CLASSIFIER, weights_only=True)
     assert actual.keys() == expected.keys()
