@@ -578,9 +578,17 @@ def memory_benchmark(
 
 
 def run_command(command: list[str], cwd: Path) -> float:
-    """Run a command, raise with its output if it fails, return its wall time in seconds."""
+    """Run a command, raise with its output if it fails, return its wall time in seconds.
+
+    DVC starts each stage as `python -m ...` from PATH, so this interpreter's folder goes
+    first on PATH: the stages then import the packages of the benchmark's environment.
+    """
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         output = (result.stdout + result.stderr)[-4000:]
