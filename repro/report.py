@@ -94,6 +94,14 @@ class Report:
         return "\n".join(self.lines).rstrip() + "\n"
 
 
+def file_hash(fingerprint: Path) -> str:
+    """Return ' (SHA-256 <first 12 digits>)' for a local weight file, else ''."""
+    if not fingerprint.is_file():
+        return ""
+    digest = io.read_json(fingerprint).get("sha256")
+    return f" (SHA-256 {digest[:12]})" if digest else ""
+
+
 def run_section(report: Report, pseudo: dict, train: dict) -> None:
     dataset, manifest = report.dataset, report.manifest
     if dataset["holdout"] is not None:
@@ -115,12 +123,14 @@ def run_section(report: Report, pseudo: dict, train: dict) -> None:
     backbone_weights = train["backbone_weights"]
     if backbone_weights == "none":
         backbone_weights = "random initialisation, no pretrained weights"
+    backbone_weights += file_hash(paths.CLASSIFIER_WEIGHTS)
     report.add(
         "## Run",
         "",
         f"- dataset: {dataset['name']} at `{dataset['root']}`; {split}; {dataset['images']['train']} "
         f"train and {dataset['images']['eval']} eval images" + "".join(f"; {e}" for e in extras),
-        f"- CLIP: {manifest['model']}, weights {manifest['weights']}, {manifest['grid']}x{manifest['grid']} "
+        f"- CLIP: {manifest['model']}, weights {manifest['weights']}"
+        f"{file_hash(paths.CLIP_WEIGHTS)}, {manifest['grid']}x{manifest['grid']} "
         f"snippets and the global view, {manifest['image_size']} px ({manifest['fit']})",
         f"- pseudo labels: aggregator {pseudo['aggregator']}, threshold {pseudo['threshold']}, lambda "
         f"{pseudo['lam']}, temperature {pseudo['temperature']} (scale {pseudo['scale']:.3g})",

@@ -347,3 +347,11 @@ def test_report_names_changed_first_template(fixture_project):
     assert "`prompts.templates.0` is `itap of a {}.`; the reproduction used `a photo of a {}.`" in (
         text
     )
+
+
+def test_report_names_weight_file_hash(fixture_project):
+    digest = "ab" * 32
+    write_json(paths.CLIP_WEIGHTS, {"weights": "clip.pt", "bytes": 10, "sha256": digest})
+    text = render(fixture_project)
+    clip_line = next(line for line in text.splitlines() if line.startswith("- CLIP:"))
+    assert f"(SHA-256 {digest[:12]})" in clip_line
