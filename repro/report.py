@@ -217,7 +217,18 @@ def results_section(report: Report, pseudo: dict, train: dict, evaluation: dict)
         ),
     ]
     table = pd.DataFrame(rows, columns=["quantity", "split", "mAP (%)", "95% interval", "note"])
-    report.add("## Results", "", report.caption("mAP of this run."), "", markdown_table(table), "")
+    report.add(
+        "## Results",
+        "",
+        report.caption(
+            "mAP of this run. 95% intervals: bias-corrected bootstrap over images. Where "
+            "nearly all resamples fall on one side of the estimate (few images per class), "
+            "the interval is widened to reach it and the stage logs a warning."
+        ),
+        "",
+        markdown_table(table),
+        "",
+    )
     excluded = evaluation.get("classes_excluded") or []
     if excluded:
         report.add(
