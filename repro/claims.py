@@ -387,26 +387,10 @@ def _format(measured: Measured) -> str:
 def assess(claim: Claim, evidence: Evidence) -> dict:
     """Build one row of the claims table: reported, reproduced, interval, verdict, caveats."""
     if claim.check == "none":
-        return {
-            "id": claim.id,
-            "metric": claim.metric,
-            "reported": _reported(claim),
-            "reproduced": claim.missing,
-            "verdict": "not checkable",
-            "caveats": "",
-            "source": _source(claim),
-        }
+        return _row(claim, claim.missing, "not checkable")
     unmet = _unmet_requirement(claim, evidence)
     if unmet:
-        return {
-            "id": claim.id,
-            "metric": claim.metric,
-            "reported": _reported(claim),
-            "reproduced": unmet,
-            "verdict": "not checkable",
-            "caveats": "",
-            "source": _source(claim),
-        }
+        return _row(claim, unmet, "not checkable")
     if claim.check == "direction":
         better, worse = (
             measure(claim.better, claim, evidence),
@@ -423,13 +407,18 @@ def assess(claim: Claim, evidence: Evidence) -> dict:
         notes = caveats(claim, measured) if measured.value is not None else []
     if notes and "random weights" in notes and result != NOT_RUN:
         result = f"not comparable ({result} on random weights)"
+    return _row(claim, display, result, "; ".join(notes))
+
+
+def _row(claim: Claim, reproduced: str, verdict_text: str, caveats_text: str = "") -> dict:
+    """Build one row of the claims table."""
     return {
         "id": claim.id,
         "metric": claim.metric,
         "reported": _reported(claim),
-        "reproduced": display,
-        "verdict": result,
-        "caveats": "; ".join(notes),
+        "reproduced": reproduced,
+        "verdict": verdict_text,
+        "caveats": caveats_text,
         "source": _source(claim),
     }
 

@@ -130,6 +130,14 @@ class _DropMessage(logging.Filter):
         return not record.getMessage().startswith(self.prefix)
 
 
+def _unreadable(path: Path, reason: str) -> WeightsUnavailableError:
+    """Build the error for a file whose bytes no checkpoint loader can parse."""
+    return WeightsUnavailableError(
+        f"{path} is not a readable checkpoint: {reason}. Give a file written by torch.save, "
+        "a TorchScript archive or a .safetensors file."
+    )
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors, a TorchScript archive or a tensors-only torch file.
 
@@ -167,10 +175,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                     "loading them can run arbitrary code. Save only the tensors "
                     "(torch.save(model.state_dict(), path)) or convert the file to .safetensors."
                 ) from error
-            raise WeightsUnavailableError(
-                f"{path} is not a readable checkpoint: torch.load cannot parse it. Give a file "
-                "written by torch.save, a TorchScript archive or a .safetensors file."
-            ) from error
+            raise _unreadable(path, "torch.load cannot parse it") from error
         except EOFError as error:
             raise WeightsUnavailableError(
                 f"{path} is not a readable checkpoint: the file is empty or truncated. "
@@ -181,11 +186,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 f"{path} could not be read as a checkpoint: {error or type(error).__name__}"
             ) from error
         except Exception as error:  # torch's legacy loader fails on random bytes in many ways
-            raise WeightsUnavailableError(
-                f"{path} is not a readable checkpoint: torch.load failed with "
-                f"{type(error).__name__}. Give a file written by torch.save, a TorchScript "
-                "archive or a .safetensors file."
-            ) from error
+            raise _unreadable(path, f"torch.load failed with {type(error).__name__}") from error
 
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
