@@ -19,6 +19,7 @@ from repro.config import Config, ConfigError, load_config
 from repro.datasets import DatasetError
 from repro.download import DiskSpaceError, DownloadError, UnsafeArchiveError
 from repro.images import BadImageError
+from repro.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,6 @@ USER_ERRORS = (
     CacheError,
     FileNotFoundError,
 )
-
-
-def setup_logging() -> None:
-    level = os.environ.get("REPRO_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
 
 
 def cpu_model() -> str:

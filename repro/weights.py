@@ -19,6 +19,7 @@ from pathlib import Path
 
 from repro import io, paths
 from repro.config import RANDOM_WEIGHTS, Config, ConfigError, load_config
+from repro.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,8 @@ def weights(config: Config, base: Path | None = None) -> None:
 
 
 def main() -> None:
-    # The stage runs before every `dvc repro`, so it avoids repro.stage, which imports torch.
-    logging.basicConfig(
-        level=os.environ.get("REPRO_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # The stage runs in every `dvc repro`, so it avoids repro.stage, which imports torch.
+    setup_logging()
     try:
         weights(load_config())
     except (ConfigError, OSError) as error:
