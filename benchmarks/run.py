@@ -577,6 +577,17 @@ def memory_benchmark(
 # ----------------------------------------------------------------------------- dvc
 
 
+def copy_project(folder: Path) -> None:
+    """Copy the files that `dvc repro` needs (PROJECT_FILES) into `folder`, caches left out."""
+    for name in PROJECT_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        source = PROJECT / name
+        if source.is_dir():
+            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, folder / name)
+
+
 def run_command(command: list[str], cwd: Path) -> float:
     """Run a command, raise with its output if it fails, return its wall time in seconds.
 
@@ -600,13 +611,7 @@ def threshold_experiment(
     folder: Path, model_name: str, voc: Path, batch_size: int, num_workers: int, holdout: float
 ) -> dict:
     """Wall time of `dvc exp run -S threshold=0.5` as a share of a full `dvc repro` (e)."""
-    for name in PROJECT_FILES:
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        source = PROJECT / name
-        if source.is_dir():
-            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, folder / name)
+    copy_project(folder)
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     # Random weights give nearly uniform class probabilities (about 1/20), below both 0.2 and
     # 0.5, so from the default 0.2 the change to 0.5 would not change a single pseudo label

@@ -3,26 +3,16 @@
 import json
 import math
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.conftest import PROJECT, project_params, venv_env
+from benchmarks.run import copy_project
+from tests.conftest import project_params, venv_env
 
 pytestmark = pytest.mark.slow
-
-PROJECT_FILES = [
-    "repro",
-    "experiments",
-    "results/experiments.json",
-    "dvc.yaml",
-    ".gitignore",
-    ".dvcignore",
-    "pyproject.toml",
-]
 
 
 def run(command: list[str], cwd, timeout=900) -> str:
@@ -53,13 +43,7 @@ def pipeline_project(
     if not (VOC_SAMPLE / "JPEGImages").is_dir():
         pytest.skip(f"VOC 2007 sample not found at {VOC_SAMPLE}")
     folder = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        source = PROJECT / name
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, folder / name)
+    copy_project(folder)  # its params.yaml is replaced below by the tiny test settings
     params = project_params(dataset={"max_images": 16})
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
