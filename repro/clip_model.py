@@ -133,8 +133,8 @@ class _DropMessage(logging.Filter):
 def _unreadable(path: Path, reason: str) -> WeightsUnavailableError:
     """Build the error for a file whose bytes no checkpoint loader can parse."""
     return WeightsUnavailableError(
-        f"{path} is not a readable checkpoint: {reason}. Give a file written by torch.save, "
-        "a TorchScript archive or a .safetensors file."
+        f"{path} is not a readable checkpoint: {reason}. Copy it again, or give a file "
+        "written by torch.save, a TorchScript archive or a .safetensors file."
     )
 
 
@@ -155,10 +155,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = load_file(str(path), device="cpu")
         except Exception as error:  # safetensors raises its own SafetensorError
-            raise WeightsUnavailableError(
-                f"{path} is not a readable checkpoint: safetensors cannot parse it ({error}). "
-                "Copy the file again."
-            ) from error
+            raise _unreadable(path, f"safetensors cannot parse it ({error})") from error
     elif _is_torchscript_archive(path):
         # OpenAI's original CLIP files are TorchScript archives. TorchScript's loader restores
         # only tensors and TorchScript code, not arbitrary pickled classes.
@@ -177,10 +174,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 ) from error
             raise _unreadable(path, "torch.load cannot parse it") from error
         except EOFError as error:
-            raise WeightsUnavailableError(
-                f"{path} is not a readable checkpoint: the file is empty or truncated. "
-                "Copy it again."
-            ) from error
+            raise _unreadable(path, "the file is empty or truncated") from error
         except (RuntimeError, OSError) as error:
             raise WeightsUnavailableError(
                 f"{path} could not be read as a checkpoint: {error or type(error).__name__}"

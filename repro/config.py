@@ -493,8 +493,8 @@ def describe_keys(current: Config | None = None) -> str:
             kind, optional = _split_optional(hints[item.name])
             allowed = _describe(item.metadata, kind) + (" or null" if optional else "")
             doc = item.metadata.get("doc", "")
-            shown = f"{value!r}" if value == default else f"{value!r} (default {default!r})"
-            lines.append(f"{dotted} = {shown}: {allowed}. {doc}".rstrip(". ") + ".")
+            value_text = f"{value!r}" if value == default else f"{value!r} (default {default!r})"
+            lines.append(f"{dotted} = {value_text}: {allowed}. {doc}".rstrip(". ") + ".")
 
     walk(Config, "", Config(), current or Config())
     return "\n".join(lines)

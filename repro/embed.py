@@ -6,8 +6,9 @@ outputs, so a killed run resumes at the first missing shard; the cache folder ap
 its final name only when every shard exists. Under `torchrun`, shard k belongs to rank
 k mod world size.
 
-The work folder keeps a hard link to each finished shard. A later run whose image side is
-unchanged (a change of `prompts.templates` only) then encodes just the prompts.
+The work folder keeps each finished shard, so a later run whose image side is unchanged (a
+change of `prompts.templates` only) encodes just the prompts. Each kept shard starts as a
+hard link to the cache's file and becomes a copy of its own once DVC copies the outputs.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ def gaussian_weight(y: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def is_update_epoch(epoch: int, every: int, warmup: int) -> bool:
-    """Return whether labels move in 0-based `epoch`: every `every`-th epoch after `warmup` epochs."""
+    """Return whether labels move in 0-based `epoch`: each `every`-th epoch after `warmup`."""
     number = epoch + 1
     return every > 0 and number > warmup and number % every == 0
 

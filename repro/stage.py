@@ -110,9 +110,9 @@ def run(name: str, body: Callable[[Config], dict | None]) -> None:
     results/timing/<name>.json holds, in this order: stage, wall_s (config check and body,
     without the interpreter's start and imports), cpu_s (user + system CPU seconds of this
     process and its finished children over the same span), peak_rss_mb (peak resident
-    memory of this process since it started, in MiB), then the figures that `body` returns (embed's are listed in `repro.embed.embed`), then machine
-    (host, cpu, cpus, threads, torch, and gpu where CUDA is available). Under `torchrun`
-    only rank 0 writes it.
+    memory of this process since it started, in MiB), then the figures that `body` returns
+    (embed's are listed in `repro.embed.embed`), then machine (host, cpu, cpus, threads,
+    torch, and gpu where CUDA is available). Under `torchrun` only rank 0 writes it.
     """
     setup_logging()
     started = time.perf_counter()

@@ -4,8 +4,8 @@ DVC tracks `clip.pretrained` and `train.weights` only as strings. A checkpoint r
 the same path would leave embed or train looking unchanged, and DVC's run cache could even
 restore outputs computed from the old file. This stage runs on every `dvc repro` (it is
 `always_changed` in dvc.yaml) and writes the SHA-256 of each weight file into a small JSON
-file that embed and train depend on, so new bytes re-run them and old outputs never come
-back for them.
+file. Embed and train depend on that file, so new bytes re-run them, and DVC restores no
+outputs that other bytes produced.
 """
 
 from __future__ import annotations
